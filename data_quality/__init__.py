@@ -1,34 +1,19 @@
 """Great Expectations suites, one per stage, and the helpers stages call.
 
-(Interface fixed here; the suites are being built.)
+Public API (importing it does not import Great Expectations; the first validation does)::
+
+    ValidationSettings      severity (fail | warn, per stage), docs_dir, ...
+    DataQualityError        raised when a suite fails with severity fail
+    validate_shard(stage, kept, rejected, params, settings, shard)
+    validate_stage(stage, out_dir, shards, params, settings)
+
+The suites are described in data_quality/suites.py, the regexes behind the text checks
+(e-mail, IPv4, phone, control characters) in data_quality/patterns.py.
 """
+
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from data_quality.settings import DataQualityError, Severity, ValidationSettings
+from data_quality.validate import validate_shard, validate_stage
 
-import polars as pl
-from pydantic import BaseModel, Field
-
-
-class DataQualityError(RuntimeError):
-    """A stage's output failed its expectations; the message names them and the Data Docs."""
-
-
-class ValidationSettings(BaseModel):
-    """How stage outputs are validated."""
-
-    severity: Literal["fail", "warn"] = Field("fail", description="Default action when a suite fails.")
-    stage_severity: dict[str, Literal["fail", "warn"]] = Field(
-        default_factory=dict, description="Per-stage override of `severity`, e.g. {quality: warn}."
-    )
-    docs_dir: str | None = Field(None, description="Where Data Docs HTML is written; default <workdir>/data_docs.")
-
-
-def validate_shard(stage: str, kept: pl.DataFrame, rejected: pl.DataFrame, params: Any,
-                   settings: ValidationSettings, shard: str) -> None:
-    raise NotImplementedError
-
-
-def validate_stage(stage: str, out_dir: Path, shards: list, params: Any, settings: ValidationSettings) -> None:
-    raise NotImplementedError
+__all__ = ["DataQualityError", "Severity", "ValidationSettings", "validate_shard", "validate_stage"]

@@ -9,6 +9,7 @@ stage alike, and ``finalize_stage`` validates and writes the manifest last.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,9 @@ class StageWork:
 
     @property
     def cache_key(self) -> str:
-        return f"{self.stage}-{self.fingerprint}-{self.unit or 'manifest'}"
+        # The output directory is part of the key: the same stage in two workdirs is two outputs.
+        where = hashlib.sha1(str(Path(self.out_dir).resolve()).encode()).hexdigest()[:10]
+        return f"{self.stage}-{self.fingerprint}-{self.unit or 'manifest'}-{where}"
 
     @property
     def marker(self) -> Path:

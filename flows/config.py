@@ -1,0 +1,144 @@
+"""Typed flow configs, YAML presets and ``--set`` overrides.
+
+Every section has defaults inside its model, so a partial config (a preset, a
+Prefect UI form, a deployment's parameters replacing defaults per top-level key)
+still validates. An invalid config raises one ``ConfigError`` naming every bad field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from data_quality import ValidationSettings
+from tasks.dedup import DedupParams
+from tasks.ingest import IngestParams
+from tasks.langid import LangidParams
+from tasks.normalize import NormalizeParams
+from tasks.pii import PiiParams
+from tasks.quality import QualityParams
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_WORKDIR = "lmwright-work"
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message lists every bad field."""
+
+
+class RunnerSettings(BaseModel):
+    """Where shard-wise tasks run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["threads", "dask", "ray"] = Field("threads", description="Task runner: threads (local), dask or ray.")
+    max_workers: int | None = Field(None, ge=1, description="Thread pool size; default: Prefect's choice.")
+    address: str | None = Field(None, description="Address of an existing Dask/Ray cluster; default: a local one.")
+
+
+class CurateConfig(BaseModel):
+    """The curate flow: raw sources to a clean, deduplicated, validated corpus and its data card."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: str = Field(DEFAULT_WORKDIR, description="Directory for datasets, caches, Data Docs and reports.")
+    ingest: IngestParams = Field(default_factory=IngestParams, description="Sources and how files become documents.")
+    normalize: NormalizeParams = Field(default_factory=NormalizeParams, description="Unicode and whitespace normalization.")
+    langid: LangidParams = Field(default_factory=LangidParams, description="Language identification and filtering.")
+    quality: QualityParams = Field(default_factory=QualityParams, description="Gopher, C4 and FineWeb quality rules.")
+    pii: PiiParams = Field(default_factory=PiiParams, description="Personal data redaction.")
+    dedup: DedupParams = Field(default_factory=DedupParams, description="Exact and near-duplicate removal.")
+    validation: ValidationSettings = Field(default_factory=ValidationSettings, description="Great Expectations checks.")
+    runner: RunnerSettings = Field(default_factory=RunnerSettings, description="Task runner for shard-wise stages.")
+
+
+# Every flow config; a preset file may hold sections for any of them.
+FLOW_CONFIGS: list[type[BaseModel]] = [CurateConfig]
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def preset_path(name_or_path: str) -> Path:
+    """``tiny`` -> configs/tiny.yaml; anything else is a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no preset {name_or_path!r} (known: {', '.join(known)}) and no such file")
+    return candidate
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``section.key=value`` (value parsed as YAML) into a nested dict."""
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        if not sep or not dotted:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {key} is not a section")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def build_config(model: type[C], data: dict[str, Any], origin: str = "config") -> C:
+    """Validate ``data`` as ``model``; sections belonging to other flows are ignored, typos are not."""
+    known_everywhere = {name for cfg in FLOW_CONFIGS for name in cfg.model_fields}
+    unknown = sorted(set(data) - known_everywhere)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown section(s) {', '.join(unknown)} (known: {', '.join(sorted(known_everywhere))})")
+    mine = {k: v for k, v in data.items() if k in model.model_fields}
+    try:
+        return model.model_validate(mine)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, origin)) from None
+
+
+def format_errors(error: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: {error.error_count()} invalid field(s):"]
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"  {where}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_config(
+    model: type[C],
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **fields: Any,
+) -> C:
+    """Preset or YAML file, then ``--set`` overrides, then explicit fields (e.g. workdir)."""
+    data: dict[str, Any] = read_yaml(preset_path(config)) if config else {}
+    origin = str(preset_path(config)) if config else "config"
+    data = apply_overrides(data, list(overrides or []))
+    for key, value in fields.items():
+        if value is not None:
+            data[key] = value
+    return build_config(model, data, origin)

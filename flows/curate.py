@@ -1,0 +1,65 @@
+"""The curate flow: raw sources -> a clean, deduplicated, validated corpus and its data card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from flows.config import CurateConfig
+from tasks.card import card_work, write_card
+from tasks.dataset import DatasetRef
+from tasks.dedup import run_dedup
+from tasks.ingest import run_ingest
+from tasks.langid import LANGID_STAGE
+from tasks.normalize import NORMALIZE_STAGE
+from tasks.pii import PII_STAGE
+from tasks.quality import QUALITY_STAGE
+from tasks.stage import run_shard_stage
+
+
+class CuratedCorpus(BaseModel):
+    """What curate hands on: the corpus, its card, and every stage's dataset."""
+
+    corpus: str
+    card: str
+    stages: dict[str, str]
+
+    def corpus_ref(self) -> DatasetRef:
+        path = Path(self.corpus)
+        return DatasetRef(stage=path.parent.name, fingerprint=path.name, path=self.corpus)
+
+
+def resolved_validation(config: CurateConfig) -> CurateConfig:
+    """Data Docs go under the workdir unless the config says otherwise."""
+    if config.validation.docs_dir:
+        return config
+    docs = str(Path(config.workdir).resolve() / "data_docs")
+    return config.model_copy(update={"validation": config.validation.model_copy(update={"docs_dir": docs})})
+
+
+@flow(name="curate", log_prints=True, persist_result=True)
+def curate(config: CurateConfig | None = None) -> CuratedCorpus:
+    """Ingest -> normalize -> langid -> quality -> pii -> dedup -> data card."""
+    config = resolved_validation(config or CurateConfig())
+    workdir, checks = config.workdir, config.validation
+
+    # Extract
+    raw = run_ingest(workdir, config.ingest, checks)
+    # Transform: each stage keeps or rejects documents with a reason
+    normalized = run_shard_stage(workdir, NORMALIZE_STAGE, raw, config.normalize, checks)
+    identified = run_shard_stage(workdir, LANGID_STAGE, normalized, config.langid, checks)
+    good = run_shard_stage(workdir, QUALITY_STAGE, identified, config.quality, checks)
+    scrubbed = run_shard_stage(workdir, PII_STAGE, good, config.pii, checks)
+    corpus = run_dedup(workdir, scrubbed, config.dedup, checks)
+    # Report
+    stages = [raw, normalized, identified, good, scrubbed, corpus]
+    card = write_card(card_work(corpus), corpus, stages)
+
+    get_run_logger().info("corpus: %s (%d documents)", corpus.path, corpus.manifest()["rows"])
+    return CuratedCorpus(corpus=corpus.path, card=card, stages={s.stage: s.path for s in stages})
+
+
+if __name__ == "__main__":
+    print(curate().corpus)

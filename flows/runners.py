@@ -1,0 +1,27 @@
+"""Task runners: the config decides where shard-wise tasks run, never the tasks themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.config import RunnerSettings
+
+
+def build_task_runner(settings: RunnerSettings) -> Any:
+    if settings.kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=settings.max_workers)
+    if settings.kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise RuntimeError("runner.kind=dask needs the 'dask' extra: pip install 'lmwright[dask]'") from None
+        if settings.address:
+            return DaskTaskRunner(address=settings.address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": settings.max_workers or 2, "processes": True})
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise RuntimeError("runner.kind=ray needs the 'ray' extra: pip install 'lmwright[ray]'") from None
+    return RayTaskRunner(address=settings.address) if settings.address else RayTaskRunner()

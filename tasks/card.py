@@ -1,0 +1,131 @@
+"""card: the data card of a curated corpus, from the stages' own records.
+
+Written as card.md + card.json beside the corpus (in the final dataset's directory,
+after its manifest) and published as a Prefect markdown artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.dataset import DatasetRef, atomic_write_text, write_json
+from tasks.stage import StageWork, stage_task
+
+VERSION = "1"
+CARD_ARTIFACT_KEY = "data-card"
+
+
+class CardWork(StageWork):
+    """The card lives in the corpus directory; card.json is its completion marker."""
+
+    @property
+    def marker(self) -> Path:  # type: ignore[override]
+        return Path(self.out_dir) / "card.json"
+
+
+def card_work(corpus: DatasetRef) -> CardWork:
+    return CardWork(stage="card", fingerprint=f"{corpus.fingerprint}-{VERSION}", out_dir=corpus.path, unit="card")
+
+
+def funnel(stages: list[DatasetRef]) -> list[dict[str, Any]]:
+    rows = []
+    for ref in stages:
+        s = ref.stats()
+        rows.append(
+            {
+                "stage": ref.stage,
+                "in": s["in"],
+                "kept": s["kept"],
+                "rejected": s["rejected"],
+                "rejected_by_reason": s["rejected_by_reason"],
+                "seconds": s["seconds"],
+                "mb_in": round(s["bytes_in"] / 1e6, 3),
+            }
+        )
+    return rows
+
+
+def corpus_profile(corpus: DatasetRef) -> dict[str, Any]:
+    lf = corpus.scan()
+    cols = lf.collect_schema().names()
+    lengths = lf.select(pl.col("text").str.len_chars().alias("chars")).collect()["chars"]
+    profile: dict[str, Any] = {
+        "documents": corpus.manifest()["rows"],
+        "chars": int(lengths.sum() or 0),
+        "doc_chars": {q: int(lengths.quantile(p) or 0) for q, p in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))}
+        if lengths.len()
+        else {},
+        "sources": _counts(lf, "source"),
+        "licenses": _counts(lf.with_columns(pl.col("license").fill_null("unknown")), "license"),
+    }
+    if "lang" in cols:
+        profile["languages"] = _counts(lf, "lang")
+    return profile
+
+
+def _counts(lf: pl.LazyFrame, col: str) -> dict[str, int]:
+    df = lf.group_by(col).len().sort(["len", col], descending=[True, False]).collect()
+    return {str(k): int(v) for k, v in zip(df[col], df["len"])}
+
+
+def duplicate_summary(dedup: DatasetRef) -> dict[str, Any]:
+    rejected = dedup.rejected_parts()
+    if not rejected:
+        return {"duplicates_removed": 0, "largest_clusters": []}
+    rej = pl.scan_parquet([str(p) for p in rejected])
+    by = rej.group_by("dup_of").len().sort(["len", "dup_of"], descending=[True, False]).limit(10).collect()
+    return {
+        "duplicates_removed": int(rej.select(pl.len()).collect().item()),
+        "largest_clusters": [{"kept_id": k, "duplicates": int(n)} for k, n in zip(by["dup_of"], by["len"])],
+    }
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    lines = ["# Data card", "", f"Corpus: `{card['corpus']}`", ""]
+    p = card["profile"]
+    lines += [f"**{p['documents']:,} documents**, {p['chars']:,} characters.", ""]
+    lines += ["## Funnel", "", "| stage | in | kept | rejected | top reasons | s |", "|---|---:|---:|---:|---|---:|"]
+    for row in card["funnel"]:
+        top = sorted(row["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:4]
+        reasons = ", ".join(f"{k} {v}" for k, v in top)
+        lines.append(f"| {row['stage']} | {row['in']:,} | {row['kept']:,} | {row['rejected']:,} | {reasons} | {row['seconds']} |")
+    for title, key in (("Languages", "languages"), ("Sources", "sources"), ("Licenses", "licenses")):
+        if p.get(key):
+            lines += ["", f"## {title}", "", "| value | documents |", "|---|---:|"]
+            lines += [f"| {k} | {v:,} |" for k, v in list(p[key].items())[:20]]
+    if p.get("doc_chars"):
+        d = p["doc_chars"]
+        lines += ["", "## Sizes", "", f"Document length in characters: p10 {d['p10']:,}, median {d['p50']:,}, p90 {d['p90']:,}."]
+    dup = card["duplicates"]
+    lines += ["", "## Duplicates", "", f"{dup['duplicates_removed']:,} duplicate documents removed."]
+    if dup["largest_clusters"]:
+        lines += ["", "| kept document | duplicates removed |", "|---|---:|"]
+        lines += [f"| `{c['kept_id']}` | {c['duplicates']} |" for c in dup["largest_clusters"]]
+    return "\n".join(lines) + "\n"
+
+
+@stage_task(task_run_name="card")
+def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef]) -> str:
+    """Assemble the data card from stats and the corpus; write card.md/card.json; publish it."""
+    out = Path(corpus.path)
+    if work.done():
+        card = json.loads((out / "card.json").read_text())
+    else:
+        card = {
+            "corpus": corpus.path,
+            "fingerprint": corpus.fingerprint,
+            "funnel": funnel(stages),
+            "profile": corpus_profile(corpus),
+            "duplicates": duplicate_summary(corpus),
+        }
+        atomic_write_text(out / "card.md", render_markdown(card))
+        write_json(out / "card.json", card)
+    create_markdown_artifact(
+        markdown=render_markdown(card), key=CARD_ARTIFACT_KEY, description=f"Data card of {corpus.path}"
+    )
+    return str(out / "card.md")

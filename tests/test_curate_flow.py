@@ -1,0 +1,143 @@
+"""The stage contract under Prefect's engine: cached by fingerprint, retryable, crash-safe."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+import flows.curate as curate_module
+from flows.config import CurateConfig, load_config
+from flows.curate import curate
+from tasks.dataset import DatasetRef, IncompleteDatasetError, read_manifest
+from tasks.stage import ShardStage
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture()
+def corpus_dir(tmp_path: Path, shared_data: Path) -> Path:
+    """Real English documents (C4 sample) plus a planted duplicate and a French page."""
+    src = tmp_path / "src"
+    src.mkdir()
+    lines = (shared_data / "web" / "c4_en_sample_olmo.jsonl").read_text().splitlines()
+    docs = [json.loads(line) for line in lines]
+    with open(src / "c4.jsonl", "w") as f:
+        for i, d in enumerate(docs + [docs[0]]):
+            f.write(json.dumps({"id": f"c4-{i}", "text": d["text"]}) + "\n")
+    fr = (shared_data / "multilingual" / "udhr" / "fra.txt").read_text()
+    (src / "udhr_fra.txt").write_text(fr)
+    return src
+
+
+def config_for(workdir: Path, src: Path, *overrides: str) -> CurateConfig:
+    return load_config(
+        CurateConfig,
+        "tiny",
+        [f"ingest.sources=[{src}]", "ingest.shard_docs=12", *overrides],
+        workdir=str(workdir),
+    )
+
+
+def run(config: CurateConfig) -> tuple[curate_module.CuratedCorpus, dict[str, str]]:
+    state = curate(config, return_state=True)
+    result = state.result()
+    return result, task_states(state.state_details.flow_run_id)
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    """task run name -> final state name (Completed, Cached, ...) for one flow run."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=500)
+    return {r.name: r.state.name for r in runs}
+
+
+def by_stage(states: dict[str, str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for name, state in states.items():
+        out.setdefault(name.split("-")[0], set()).add(state)
+    return out
+
+
+def test_curate_caches_by_fingerprint_and_reruns_only_what_changed(tmp_path: Path, corpus_dir: Path) -> None:
+    workdir = tmp_path / "work"
+    config = config_for(workdir, corpus_dir)
+    first, states = run(config)
+    assert set(states.values()) == {"Completed"}
+    assert {"ingest", "normalize", "langid", "quality", "pii", "dedup", "card"} <= set(by_stage(states))
+    corpus = first.corpus_ref().read()
+    assert corpus.height > 0 and corpus["id"].is_unique().all()
+    assert "c4-30" not in corpus["id"].to_list()  # the planted duplicate of c4-0
+    assert set(corpus["lang"].to_list()) == {"en"}
+    assert (Path(first.corpus) / "card.md").exists()
+
+    # (a) an unchanged rerun recomputes nothing
+    again, states = run(config)
+    assert again.corpus == first.corpus
+    assert set(states.values()) == {"Cached"}, states
+
+    # (b) one quality threshold changed: quality and what follows rerun, ingest/normalize/langid do not
+    changed, states = run(config_for(workdir, corpus_dir, "quality.gopher_quality.min_doc_words=60"))
+    stages = by_stage(states)
+    for upstream in ("ingest", "normalize", "langid"):
+        assert stages[upstream] == {"Cached"}, (upstream, stages)
+    for downstream in ("quality", "pii", "dedup", "card"):
+        assert stages[downstream] == {"Completed"}, (downstream, stages)
+    assert changed.corpus != first.corpus
+
+    # (c) a deleted stage output reruns that stage; the rest stays cached
+    shutil.rmtree(first.stages["normalize"])
+    _, states = run(config)
+    stages = by_stage(states)
+    assert stages["normalize"] == {"Completed"}
+    assert all(stages[s] == {"Cached"} for s in ("ingest", "langid", "quality", "pii", "dedup", "card")), stages
+
+
+def test_failed_task_succeeds_on_retry_without_rerunning_upstream(
+    tmp_path: Path, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workdir = tmp_path / "work"
+    run(config_for(workdir, corpus_dir))
+    real = curate_module.QUALITY_STAGE
+    calls = {"n": 0}
+
+    def flaky(docs: pl.DataFrame, params):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("injected fault: disk hiccup")
+        return real.apply(docs, params)
+
+    monkeypatch.setattr(curate_module, "QUALITY_STAGE", ShardStage(real.name, real.version, flaky))
+    monkeypatch.setattr("tasks.stage.RETRY_DELAYS", [0])
+    result, states = run(config_for(workdir, corpus_dir, "quality.gopher_quality.min_doc_words=55"))
+    stages = by_stage(states)
+    assert stages["ingest"] == stages["normalize"] == stages["langid"] == {"Cached"}
+    assert stages["quality"] == {"Completed"}
+    assert calls["n"] >= 2
+    assert DatasetRef("dedup", "x", result.corpus).manifest()["rows"] > 0
+
+
+def test_directory_without_manifest_is_never_read(tmp_path: Path, corpus_dir: Path) -> None:
+    workdir = tmp_path / "work"
+    config = config_for(workdir, corpus_dir)
+    first, _ = run(config)
+    langid_dir = Path(first.stages["langid"])
+    (langid_dir / "manifest.json").unlink()  # as if killed between the last shard and the manifest
+    with pytest.raises(IncompleteDatasetError, match="half-written"):
+        read_manifest(langid_dir)
+    # A half-written shard without its stats marker is garbage too: it is redone, not read.
+    shard = sorted(langid_dir.glob("part-*.parquet"))[0]
+    (langid_dir / "stats" / f"{shard.stem}.json").unlink()
+    shard.write_bytes(b"garbage from a killed writer")
+    second, states = run(config)
+    stages = by_stage(states)
+    assert states[f"langid-{shard.stem}"] == "Completed"
+    assert states["langid-finalize"] == "Completed"
+    assert stages["quality"] == {"Cached"}
+    assert second.corpus == first.corpus
+    assert pl.read_parquet(shard).height > 0

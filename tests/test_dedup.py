@@ -1,0 +1,258 @@
+"""Dedup: signatures bit-identical to datasketch, exact + near duplicates, the kept-document rule, the flow."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from datasketch import MinHash
+
+from tasks.dataset import DOC_SCHEMA, ShardStats, write_manifest, write_shard
+from tasks.dedup import (
+    REASON_EXACT,
+    REASON_NEAR,
+    DedupApplyParams,
+    DedupParams,
+    apply_dedup,
+    cluster_frame,
+    connected_components,
+    run_dedup,
+    signature_frame,
+)
+from tasks.minhash import minhash_signatures, normalize_expr, shingles
+
+WEB = Path(__file__).resolve().parents[2] / "shared" / "data" / "web" / "cc_warc_2019_07_cclicensed_pages.jsonl"
+if not WEB.is_file():
+    WEB = Path("/work/shared/data/web/cc_warc_2019_07_cclicensed_pages.jsonl")
+
+
+@pytest.fixture(scope="module")
+def web_texts() -> list[str]:
+    texts = []
+    with open(WEB, encoding="utf-8") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+    return texts
+
+
+@pytest.fixture(scope="module")
+def distinct(web_texts: list[str]) -> list[str]:
+    """Long real pages that are in no duplicate cluster of the corpus (some pages repeat)."""
+    long = [t for t in web_texts if len(t.split()) >= 300]
+    c = clusters_of(long)
+    sizes = c.group_by("dup_cluster").len()
+    single = set(sizes.filter(pl.col("len") == 1)["dup_cluster"].to_list())
+    return [t for t, i in zip(long, c["id"].to_list()) if i in single]
+
+
+def normalized(texts: list[str]) -> list[str]:
+    return pl.DataFrame({"text": texts}).select(normalize_expr())["text"].to_list()
+
+
+def edit_words(text: str, n: int, seed: int) -> str:
+    """Replace ``n`` words of ``text`` by made-up ones: a planted near-duplicate."""
+    rng = random.Random(seed)
+    words = text.split()
+    for k in rng.sample(range(len(words)), n):
+        words[k] = f"zq{rng.randrange(10**6)}"
+    return " ".join(words)
+
+
+def docs_frame(texts: list[str], prefix: str = "d") -> pl.DataFrame:
+    n = len(texts)
+    return pl.DataFrame(
+        {
+            "id": [f"{prefix}{i}" for i in range(n)],
+            "text": texts,
+            "source": ["test"] * n,
+            "uri": [f"mem:{i}" for i in range(n)],
+            "license": [None] * n,
+        },
+        schema=DOC_SCHEMA,
+    )
+
+
+def clusters_of(texts: list[str], params: DedupParams | None = None) -> pl.DataFrame:
+    params = params or DedupParams()
+    sigs = signature_frame(docs_frame(texts), "part-00000", params)
+    return cluster_frame(sigs, params)[0]
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+EDGE_CASES = ["", "   \n\t ", "one", "Two Words", "a b c d", "a b c d e", "  Ünïcödé   TEXT \u00a0 here  ", "ΣΊΣΥΦΟΣ ΚΑΙ ΟΔΥΣΣΕΑΣ 日本語 テキスト 🙂"]
+
+
+@pytest.mark.parametrize("scheme", ["affine32", "legacy", "affine64"])
+def test_signatures_bit_identical_to_datasketch(web_texts: list[str], scheme: str) -> None:
+    texts = (web_texts[:300] if scheme != "affine32" else web_texts) + EDGE_CASES
+    norm = normalized(texts)
+    # small batches so documents straddle several batch boundaries
+    ours, n_shingles = minhash_signatures(norm, num_perm=112, seed=1, ngram=5, scheme=scheme, batch_shingles=5000)
+    for k, text in enumerate(norm):
+        m = MinHash(num_perm=112, seed=1, scheme=scheme)
+        sh = shingles(text, 5)
+        m.update_batch(sh)
+        assert n_shingles[k] == len(sh)
+        assert np.array_equal(ours[k].astype(np.uint64), m.hashvalues.astype(np.uint64)), f"doc {k} differs"
+        assert ours[k].dtype.itemsize == m.hashvalues.dtype.itemsize or scheme == "legacy"
+
+
+def test_signature_parameters_configurable(web_texts: list[str]) -> None:
+    norm = normalized(web_texts[:40])
+    ours, _ = minhash_signatures(norm, num_perm=64, seed=7, ngram=3)
+    for k, text in enumerate(norm):
+        m = MinHash(num_perm=64, seed=7)
+        m.update_batch(shingles(text, 3))
+        assert np.array_equal(ours[k], m.hashvalues)
+
+
+def test_shingle_rule_for_short_and_empty_docs() -> None:
+    assert shingles("", 5) == []
+    assert shingles("a b c", 5) == [b"a b c"]
+    assert shingles("a b c d e f", 5) == [b"a b c d e", b"b c d e f"]
+    sig, n = minhash_signatures(["", "a b c"])
+    assert n.tolist() == [0, 1]
+    assert (sig[0] == np.iinfo(np.uint32).max).all()  # datasketch's empty MinHash
+
+
+# --- clusters -----------------------------------------------------------------------------
+
+
+def test_exact_duplicates_point_at_first_copy(web_texts: list[str]) -> None:
+    a, b = web_texts[0], web_texts[1]
+    shouty = "  " + a.upper().replace(" ", "\n  ")  # same text after normalization
+    c = clusters_of([a, b, shouty, a])
+    assert c["reason"].to_list() == [None, None, REASON_EXACT, REASON_EXACT]
+    assert c["dup_of"].to_list() == [None, None, "d0", "d0"]
+    assert c["dup_cluster"].to_list() == ["d0", "d1", "d0", "d0"]
+
+
+def test_planted_near_duplicates_found_distinct_not_merged(distinct: list[str]) -> None:
+    originals = distinct[:30]
+    variants = [edit_words(t, max(1, len(t.split()) // 200), seed=i) for i, t in enumerate(originals)]
+    c = clusters_of(originals + variants)
+    n = len(originals)
+    # every variant is a near-duplicate of its original (kept, first in corpus order)
+    assert c["reason"].to_list()[n:] == [REASON_NEAR] * n
+    assert c["dup_of"].to_list()[n:] == [f"d{i}" for i in range(n)]
+    # the originals, distinct real pages, stay apart
+    assert c["reason"].to_list()[:n] == [None] * n
+    assert c["dup_cluster"].to_list()[:n] == [f"d{i}" for i in range(n)]
+
+
+def test_heavily_edited_document_is_not_a_duplicate(web_texts: list[str]) -> None:
+    original = next(t for t in web_texts if len(t.split()) >= 400)
+    far = edit_words(original, len(original.split()) // 5, seed=3)  # Jaccard of 5-grams ~0.2
+    assert clusters_of([original, far])["reason"].to_list() == [None, None]
+
+
+def test_switches_and_empty_documents(web_texts: list[str]) -> None:
+    a = web_texts[0]
+    near = edit_words(a, 2, seed=1)
+    texts = [a, a, near, "", " "]
+    no_exact = clusters_of(texts, DedupParams(exact=False))
+    assert no_exact["reason"].to_list()[:3] == [None, REASON_NEAR, REASON_NEAR]
+    assert no_exact["reason"].to_list()[3:] == [None, None]  # empty docs: no near-duplicates
+    no_near = clusters_of(texts, DedupParams(near=False))
+    assert no_near["reason"].to_list() == [None, REASON_EXACT, None, None, REASON_EXACT]
+
+
+def test_kept_document_rule_is_deterministic(distinct: list[str]) -> None:
+    base = distinct[:5]
+    texts = []
+    for i, t in enumerate(base):
+        texts += [edit_words(t, 2, seed=10 * i + k) for k in range(3)]
+    random.Random(0).shuffle(texts)
+    first = clusters_of(texts)
+    assert first.equals(clusters_of(texts))
+    # kept = first in corpus order: the smallest position of each cluster
+    pos = {f"d{i}": i for i in range(len(texts))}
+    for cluster, members in first.group_by("dup_cluster").agg("id").iter_rows():
+        assert pos[cluster] == min(pos[m] for m in members)
+    assert first["dup_cluster"].n_unique() == 5
+
+
+def test_connected_components_take_smallest_index() -> None:
+    # chain 5-3-4, pair 1-6, and 0, 2 alone; edges in scrambled order and direction
+    src = np.array([4, 6, 3])
+    dst = np.array([3, 1, 5])
+    assert connected_components(7, src, dst).tolist() == [0, 1, 2, 3, 3, 3, 1]
+
+
+def test_params_reject_bands_larger_than_signature() -> None:
+    with pytest.raises(ValueError, match="exceeds num_perm"):
+        DedupParams(num_perm=64, bands=14, rows=8)
+
+
+def test_apply_joins_clusters(tmp_path: Path, web_texts: list[str]) -> None:
+    docs = docs_frame([web_texts[0], web_texts[1], web_texts[0]])
+    clusters, _ = cluster_frame(signature_frame(docs, "part-00000", DedupParams()), DedupParams())
+    clusters.write_parquet(tmp_path / "clusters.parquet")
+    out = apply_dedup(docs.reverse(), DedupApplyParams(clusters=str(tmp_path / "clusters.parquet")))
+    assert out["id"].to_list() == ["d2", "d1", "d0"]
+    assert out["reason"].to_list() == [REASON_EXACT, None, None]
+    assert out["dup_of"].to_list() == ["d0", None, None]
+    assert out["dup_cluster"].to_list() == ["d0", "d1", "d0"]
+
+
+# --- the flow ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def make_source(workdir: Path, shards: list[list[str]]) -> "DatasetRef":
+    out = workdir / "datasets" / "pii" / "fp-test"
+    stats: list[ShardStats] = []
+    n = 0
+    for k, texts in enumerate(shards):
+        docs = docs_frame(texts).with_columns(pl.Series("id", [f"d{n + i}" for i in range(len(texts))]))
+        n += len(texts)
+        name = f"part-{k:05d}"
+        stats.append(
+            write_shard(out, name, "pii", docs.height, int(docs["text"].str.len_bytes().sum()), docs,
+                        docs.clear().with_columns(pl.lit("x").alias("reason"), pl.lit("pii").alias("stage")), 0.0)
+        )
+    return write_manifest(out, "pii", "fp-test", {}, "0", [], stats)
+
+
+def test_run_dedup_flow(tmp_path: Path, distinct: list[str], prefect_harness) -> None:
+    from prefect import flow
+
+    from data_quality import ValidationSettings
+
+    originals = distinct[:12]
+    near = edit_words(originals[1], 3, seed=5)
+    # shard 0: 6 originals; shard 1: an exact copy of d0 (re-cased), a near copy of d1, 6 more originals
+    source = make_source(tmp_path, [originals[:6], [originals[0].upper(), near] + originals[6:]])
+
+    @flow
+    def curate_dedup() -> "DatasetRef":
+        return run_dedup(tmp_path, source, DedupParams(), ValidationSettings())
+
+    ref = curate_dedup()
+    kept = ref.read()
+    assert kept.height == 12
+    assert kept["dup_cluster"].null_count() == 0
+    rejected = pl.concat([pl.read_parquet(p) for p in ref.rejected_parts()]).sort("id")
+    assert rejected["id"].to_list() == ["d6", "d7"]
+    assert rejected["reason"].to_list() == [REASON_EXACT, REASON_NEAR]
+    assert rejected["dup_of"].to_list() == ["d0", "d1"]
+    stats = ref.stats()
+    assert (stats["in"], stats["kept"], stats["rejected"]) == (14, 12, 2)
+    assert stats["dedup"]["exact_duplicates"] == 1 and stats["dedup"]["near_duplicates"] == 1
+    assert (ref.dir / "clusters.parquet").is_file() and (ref.dir / "signatures" / "part-00001.parquet").is_file()
+
+    # unchanged rerun: every task is a cache hit, the same dataset comes back
+    state = curate_dedup(return_state=True)
+    assert state.result() == ref
