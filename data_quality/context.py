@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -54,7 +55,13 @@ def _state() -> _State:
 
                 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-                context = gx.get_context(mode="ephemeral")
+                gx_log = logging.getLogger("great_expectations")
+                level = gx_log.level
+                gx_log.setLevel(logging.WARNING)  # silence "Created temporary directory ... docs site"
+                try:
+                    context = gx.get_context(mode="ephemeral")
+                finally:
+                    gx_log.setLevel(level)
                 # tqdm bars per validation would flood the Prefect logs and the terminal.
                 context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
                 # The default site writes relative to the working directory: we add our own per docs_dir.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -279,6 +280,9 @@ def _short(value: Any, regex: str | None = None, width: int = 60) -> str:
 
 
 def _logger() -> Any:
+    """Prefect's run logger inside a flow or task run, else the ``lmwright.data_quality`` logger."""
+    if "prefect" not in sys.modules:  # no run context can exist; importing Prefect would reconfigure logging
+        return _log
     try:
         from prefect import get_run_logger
 

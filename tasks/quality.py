@@ -84,13 +84,17 @@ _ENDS_TERMINAL = _char_class(TERMINAL_PUNCTUATION) + r"\z"
 
 # spaCy splits "don't" -> "do n't" and "John's" -> "John 's"; a space is inserted first so
 # the token regex below (which has no look-around) can do the same.
-_SPLIT_NT = (r"(?i)(\w)(n['\u2019]t)\b", "${1} ${2}")
-_SPLIT_CLITIC = (r"(?i)(\w)(['\u2019](?:s|m|d|re|ve|ll))\b", "${1} ${2}")
+_SPLIT_NT = (r"(?i)(n['\u2019]t)([^\w]|$)", " ${1}${2}")
+# "'s" becomes " \x02s": the apostrophe is swapped for a marker that the token regex keeps
+# with the clitic (a quote before a word, as in "'start", stays a token of its own).
+_SPLIT_CLITIC = (r"(?i)['\u2019]((?:s|m|d|re|ve|ll)(?:[^\w]|$))", " \x02${1}")
 # Tokenizer exceptions that keep their period.
 _ABBREVIATIONS = (
     "Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|vs|etc|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
     "|Mt|Gen|Gov|Sen|Rep|Rev|Fig|No|Ave|Ph\\.D"
 )
+# "Mr." becomes "Mr\x03": a marker the word pattern keeps (one token, as spaCy's exception).
+_MARK_ABBREVIATION = (rf"(^|[^\w])({_ABBREVIATIONS})\.", "${1}${2}\x03")
 TOKEN_PATTERN = "|".join(
     [
         r"(?:https?://|www\.)\S*[^\s.,;:!?)\]\"'\u201d\u2019>]",  # URL (trailing punctuation split off)
@@ -99,11 +103,10 @@ TOKEN_PATTERN = "|".join(
         r"\.{2,}",  # ellipsis
         r"-{2,}",  # -- and ---
         r"(?:\p{L}\.){2,}",  # U.S.  e.g.  a.m.
-        rf"\b(?:{_ABBREVIATIONS})\.",  # Mr.  etc.
         r"\p{Lu}\.",  # initials: "J. Smith"
         r"\p{N}+(?:[.,:/]\p{N}+)+\w*",  # 3.5  1,000  10:30  6.10am
-        r"['\u2019](?i:s|m|d|re|ve|ll)\b",  # clitics split off above
-        r"[\w\p{M}]+(?:['\u2019][\w\p{M}]+|\.[\p{Ll}\p{N}][\w\p{M}]*)*",  # words; O'Neil; example.com
+        r"\x02\w+",  # clitics split off above ("'s" marked as "\x02s")
+        r"\w+(?:['\u2019]\w+|\.[\p{Ll}\p{N}]\w*)*\x03?",  # words; n't; O'Neil; example.com; Mr. (marked)
         r"\S",  # any other character is a token of its own (punctuation, symbols)
     ]
 )
@@ -112,7 +115,7 @@ TOKEN_PATTERN = "|".join(
 # token after a "." / "!" / "?" token. A period is its own token after a lowercase
 # letter, a digit, a closing bracket or quote, or two capitals ("USA."), and inside
 # "lower.Upper"; abbreviations ("Mr.", "e.g.") keep theirs and are removed first.
-_SENTENCE_ABBREV = (rf"\b({_ABBREVIATIONS}|e\.g|i\.e|a\.m|p\.m)\.", "${1}")
+_SENTENCE_ABBREV = (rf"(^|[^\w])({_ABBREVIATIONS}|e\.g|i\.e|a\.m|p\.m)\.", "${1}${2}")
 SENTENCE_BREAK = (
     r"(?:(?:[\p{Ll}\p{N}%)\]\"'\u201d\u2019]|\p{Lu}\p{Lu})\.|[!?])"
     r"[\"'\u201d\u2019)\]]*\s+[\"'\u201c\u2018(\[]*[^\s\p{P}]"
@@ -230,88 +233,126 @@ def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     return pl.when(den > 0).then(num / den).otherwise(0.0)
 
 
-def _list_chars(lst: pl.Expr) -> pl.Expr:
-    return lst.list.eval(pl.element().str.len_chars()).list.sum()
+def _explode(lists: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Flatten a List[String] series: (each element's row, the elements)."""
+    n = lists.list.len().fill_null(0).to_numpy()
+    return np.repeat(np.arange(len(lists)), n), lists.explode(empty_as_null=False, keep_nulls=False)
 
 
-def _dup_counts(lst: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
-    """datatrove's find_duplicates: (elements equal to an earlier one, their characters)."""
-    n_dup = lst.list.len() - lst.list.n_unique()
-    dup_chars = _list_chars(lst) - _list_chars(lst.list.unique())
-    return n_dup, dup_chars
+_DOC_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _keys(doc: np.ndarray, h: np.ndarray) -> pl.Series:
+    """Hash keys that differ between documents: equal keys mean equal items in one document."""
+    return pl.Series(h + doc.astype(np.uint64) * _DOC_MIX)  # wraps modulo 2**64
+
+
+def _dup_counts(doc: np.ndarray, items: pl.Series, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """datatrove's find_duplicates per document: (items equal to an earlier one, their characters)."""
+    if len(items) == 0:
+        return np.zeros(n_docs), np.zeros(n_docs)
+    later = (~_keys(doc, items.hash(seed=0).to_numpy()).is_first_distinct()).to_numpy()
+    chars = items.str.len_chars().to_numpy()
+    return (
+        np.bincount(doc, weights=later, minlength=n_docs),
+        np.bincount(doc, weights=chars * later, minlength=n_docs),
+    )
 
 
 def tokenize(text: pl.Series) -> pl.Series:
     """Words as datatrove's English tokenizer (spaCy) would give them, approximately: List[String]."""
-    prepped = text.str.replace_all(*_SPLIT_NT).str.replace_all(*_SPLIT_CLITIC)
-    return prepped.str.extract_all(TOKEN_PATTERN)
+    return _prep(text).str.extract_all(TOKEN_PATTERN)
 
 
-def _repetition_signals(text: pl.Series) -> pl.DataFrame:
-    """Paragraph and line duplicates (Gopher repetition), vectorized over the shard."""
-    df = pl.DataFrame({"text": text})
-    paras = pl.col("text").str.strip_chars().str.extract_all(r"[^\n]+(?:\n[^\n]+)*")
-    lines = pl.col("text").str.extract_all(r"[^\n]+")
-    # re.split("\n+", text) also yields "" before a leading and after a trailing newline.
-    lead = pl.col("text").str.starts_with("\n").cast(pl.Int64)
-    trail = pl.col("text").str.ends_with("\n").cast(pl.Int64)
-    p_dup, p_chars = _dup_counts(paras)
-    l_dup, l_chars = _dup_counts(lines)
-    n_chars = pl.col("text").str.len_chars()
-    return df.select(
-        gopher_dup_para_frac=_ratio(p_dup, paras.list.len().clip(lower_bound=1)),
-        gopher_dup_para_char_frac=_ratio(p_chars, n_chars),
-        gopher_dup_line_frac=_ratio(l_dup + (lead * trail), lines.list.len() + lead + trail),
-        gopher_dup_line_char_frac=_ratio(l_chars, n_chars),
+def count_tokens(text: pl.Series) -> np.ndarray:
+    """len(tokenize(text)) per row, without materializing the words (much faster)."""
+    return _prep(text).str.count_matches(TOKEN_PATTERN).fill_null(0).to_numpy()
+
+
+def _prep(text: pl.Series) -> pl.Series:
+    """Mark what the token regex cannot see without look-around (it is faster kept small)."""
+    return (
+        text.str.replace_all("\x02", "\x01", literal=True)
+        .str.replace_all("\x03", "\x01", literal=True)
+        .str.replace_all(*_SPLIT_NT)
+        .str.replace_all(*_SPLIT_CLITIC)
+        .str.replace_all(*_MARK_ABBREVIATION)
     )
+
+
+def _repetition_signals(text: pl.Series, n_chars: np.ndarray) -> dict[str, np.ndarray]:
+    """Paragraph and line duplicates (Gopher repetition)."""
+    n_docs = len(text)
+    # re.split(r"\n{2,}", text.strip()); a stripped text has no empty paragraph unless it is "".
+    paras = text.str.replace_all("\x00", "\x01", literal=True).str.strip_chars()
+    paras = paras.str.replace_all(r"\n{2,}", "\x00").str.split("\x00")
+    p_doc, p_items = _explode(paras)
+    p_dup, p_chars = _dup_counts(p_doc, p_items, n_docs)
+    n_paras = np.maximum(paras.list.len().to_numpy(), 1)
+    # re.split("\n+", text): runs of non-newlines, plus "" before a leading and after a trailing newline.
+    l_doc, l_items = _explode(text.str.split("\n"))
+    nonempty = (l_items != "").to_numpy()
+    l_dup, l_chars = _dup_counts(l_doc[nonempty], l_items.filter(pl.Series(nonempty)), n_docs)
+    lead = text.str.starts_with("\n").to_numpy().astype(np.int64)
+    trail = text.str.ends_with("\n").to_numpy().astype(np.int64)
+    n_lines = np.bincount(l_doc[nonempty], minlength=n_docs) + lead + trail
+    denom = np.maximum(n_chars, 1)
+    return {
+        "gopher_dup_para_frac": p_dup / n_paras,
+        "gopher_dup_para_char_frac": p_chars / denom,
+        "gopher_dup_line_frac": (l_dup + lead * trail) / np.maximum(n_lines, 1),
+        "gopher_dup_line_char_frac": l_chars / denom,
+    }
 
 
 def _ngram_signals(doc: np.ndarray, words: pl.Series, n_docs: int, n_chars: np.ndarray) -> dict[str, np.ndarray]:
     """Top and duplicated word n-gram character fractions (Gopher repetition).
 
     ``doc`` gives each word's document; words of a document are contiguous and in order.
+    Only n-grams occurring twice or more in their document are looked at closely.
     """
     out: dict[str, np.ndarray] = {}
     n_words = len(words)
     pos = np.arange(n_words, dtype=np.int64)
     counts = np.bincount(doc, minlength=n_docs)
-    doc_end = np.cumsum(counts)[doc] if n_words else np.zeros(0, dtype=np.int64)  # exclusive end of each word's doc
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    doc_end = (starts + counts)[doc]  # exclusive end of each word's document
     h = words.hash(seed=0).to_numpy().astype(np.uint64)
     lens = words.str.len_chars().to_numpy().astype(np.int64)
     csum = np.concatenate([[0], np.cumsum(lens)])
     denom = np.maximum(n_chars, 1).astype(np.float64)
 
-    gram = h.copy()  # hash of the n words starting at each position, built up n by n
+    # An n-gram can only repeat where its (n-1)-gram prefix repeats, so each n looks only
+    # at the positions that repeated for n-1: after n=2 that is a small fraction of the words.
+    cand = pos  # positions still able to start a repeated n-gram
+    gram = h.copy()  # hash of the n words starting at each candidate, built up n by n
     prime = np.uint64(0x100000001B3)
-    for n in range(1, max(DUP_NGRAMS) + 1):
-        if n > 1:
-            nxt = np.zeros(n_words, dtype=np.uint64)
-            if n_words >= n:
-                nxt[: n_words - n + 1] = h[n - 1 :]
-            gram = gram * prime + nxt  # wraps modulo 2**64, as intended
-        if n not in TOP_NGRAMS and n not in DUP_NGRAMS:
-            continue
-        valid = pos + n <= doc_end
-        if not valid.any():
-            out[f"{n}"] = np.zeros(n_docs)
-            continue
-        idx = pos[valid]
-        chars = csum[np.minimum(idx + n, n_words)] - csum[idx]  # "".join(words[i:i+n])
-        g = pl.DataFrame({"doc": doc[valid], "gram": gram[valid], "pos": idx, "chars": chars})
+    for n in range(2, max(DUP_NGRAMS) + 1):
+        ok = cand + n <= doc_end[cand]
+        cand, gram = cand[ok], gram[ok]
+        gram = gram * prime + h[cand + n - 1]  # wraps modulo 2**64, as intended
+        d = doc[cand]
+        repeated = _keys(d, gram).is_duplicated().to_numpy() if len(cand) else np.zeros(0, dtype=bool)
+        cand, gram, d = cand[repeated], gram[repeated], d[repeated]
+        chars = csum[cand + n] - csum[cand]  # len("".join(words[i:i+n]))
+        g = pl.DataFrame({"doc": d, "gram": gram, "pos": cand, "chars": chars})
         if n in TOP_NGRAMS:
-            # Counter.most_common(1): the most frequent n-gram, the earliest one on ties.
-            top = (
-                g.group_by("doc", "gram")
-                .agg(cnt=pl.len(), first=pl.col("pos").min(), chars=pl.col("chars").first())
-                .sort(["doc", "cnt", "first"], descending=[False, True, False])
-                .group_by("doc", maintain_order=True)
-                .first()
-            )
+            # Counter.most_common(1): the most frequent n-gram, the earliest one on ties;
+            # its len(" ".join(ngram)) * count. Where no n-gram repeats, that is the first one.
             val = np.zeros(n_docs)
-            # len(" ".join(ngram)) * count
-            val[top["doc"].to_numpy()] = ((top["chars"] + (n - 1)) * top["cnt"]).to_numpy()
+            has = counts >= n
+            val[has] = csum[starts[has] + n] - csum[starts[has]] + (n - 1)
+            if g.height:
+                top = (
+                    g.group_by("doc", "gram")
+                    .agg(cnt=pl.len(), first=pl.col("pos").min(), chars=pl.col("chars").first())
+                    .sort(["doc", "cnt", "first"], descending=[False, True, False])
+                    .group_by("doc", maintain_order=True)
+                    .first()
+                )
+                val[top["doc"].to_numpy()] = ((top["chars"] + (n - 1)) * top["cnt"]).to_numpy()
             out[f"{n}"] = val / denom
-        else:
+        if n in DUP_NGRAMS:
             out[f"{n}"] = _dup_ngram_chars(g, n, n_docs) / denom
     return out
 
@@ -319,18 +360,16 @@ def _ngram_signals(doc: np.ndarray, words: pl.Series, n_docs: int, n_chars: np.n
 def _dup_ngram_chars(g: pl.DataFrame, n: int, n_docs: int) -> np.ndarray:
     """datatrove's find_all_duplicate: walk the words, skipping n after each repeated n-gram.
 
-    Only positions whose n-gram occurs at least twice in their document can change the
-    walk (a unique n-gram is added to the seen set and never met again), so the Python
-    loop visits just those.
+    ``g`` holds only the positions whose n-gram occurs at least twice in their document:
+    a unique n-gram is added to the seen set and never met again, so it cannot change the walk.
     """
-    rep = g.filter(pl.len().over("doc", "gram") > 1)
     out = np.zeros(n_docs)
-    if rep.height == 0:
+    if g.height == 0:
         return out
-    docs = rep["doc"].to_numpy()
-    pos = rep["pos"].to_numpy()
-    grams = rep["gram"].to_numpy()
-    chars = rep["chars"].to_numpy()
+    docs = g["doc"].to_numpy()
+    pos = g["pos"].to_numpy()
+    grams = g["gram"].to_numpy()
+    chars = g["chars"].to_numpy()
     bounds = np.flatnonzero(np.diff(docs)) + 1
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(docs)]):
         seen: set[int] = set()
@@ -435,22 +474,27 @@ def _c4_lines(text: pl.Series, p: C4) -> pl.DataFrame:
     )
 
 
-def _fineweb_signals(text: pl.Series, p: FineWeb) -> pl.DataFrame:
-    t = pl.col("t")
-    lines = t.str.split("\n").list.eval(pl.element().filter(pl.element().str.strip_chars() != ""))
-    n = lines.list.len()
-    _, dup_chars = _dup_counts(lines)
-    n_newlines = t.str.count_matches("\n", literal=True)
-    n_words = tokenize(text).list.len()
-    return pl.DataFrame({"t": text}).select(
-        fineweb_lines=n.cast(pl.Int64),
-        fineweb_line_punct_ratio=_ratio(lines.list.eval(pl.element().str.contains(_ENDS_TERMINAL)).list.sum(), n),
-        fineweb_short_line_ratio=_ratio(
-            lines.list.eval(pl.element().str.len_chars() <= p.short_line_length).list.sum(), n
-        ),
-        fineweb_char_dup_ratio=_ratio(dup_chars, t.str.len_chars() - n_newlines),
-        fineweb_list_ratio=_ratio(n_newlines, pl.lit(n_words)),
+def _fineweb_signals(text: pl.Series, p: FineWeb) -> dict[str, np.ndarray]:
+    n_docs = len(text)
+    l_doc, lines = _explode(text.str.split("\n"))
+    nonblank = (lines.str.strip_chars() != "").to_numpy()
+    l_doc, lines = l_doc[nonblank], lines.filter(pl.Series(nonblank))
+    n = np.bincount(l_doc, minlength=n_docs)
+    punct = np.bincount(l_doc, weights=lines.str.contains(_ENDS_TERMINAL).to_numpy(), minlength=n_docs)
+    short = np.bincount(
+        l_doc, weights=(lines.str.len_chars() <= p.short_line_length).to_numpy(), minlength=n_docs
     )
+    _, dup_chars = _dup_counts(l_doc, lines, n_docs)
+    n_newlines = text.str.count_matches("\n", literal=True).to_numpy()
+    n_words = count_tokens(text)
+    n1 = np.maximum(n, 1)
+    return {
+        "fineweb_lines": n,
+        "fineweb_line_punct_ratio": punct / n1,
+        "fineweb_short_line_ratio": short / n1,
+        "fineweb_char_dup_ratio": dup_chars / np.maximum(text.str.len_chars().to_numpy() - n_newlines, 1),
+        "fineweb_list_ratio": n_newlines / np.maximum(n_words, 1),
+    }
 
 
 # --- the stage -----------------------------------------------------------------------------
@@ -544,31 +588,32 @@ def quality_signals(docs: pl.DataFrame, params: QualityParams) -> pl.DataFrame:
     lc = np.maximum(line_count, 1)
 
     ngrams = _ngram_signals(doc, flat, n_docs, n_chars.to_numpy())
-    sig = _repetition_signals(text).with_columns(
-        **{f"gopher_top_{n}_gram_frac": ngrams[f"{n}"] for n in TOP_NGRAMS},
-        **{f"gopher_dup_{n}_gram_frac": ngrams[f"{n}"] for n in DUP_NGRAMS},
-        gopher_n_words=pl.Series(words["n_non_symbol"]).cast(pl.Int64),
-        gopher_avg_word_length=words["avg_len"],
-        gopher_hash_ratio=text.str.count_matches("#", literal=True).to_numpy() / n_tok,
-        gopher_ellipsis_ratio=(
-            text.str.count_matches("...", literal=True) + text.str.count_matches("\u2026", literal=True)
-        ).to_numpy()
-        / n_tok,
-        gopher_bullet_lines_ratio=norm.str.count_matches(r"(?m)^[^\S\n]*[\u2022\-]").to_numpy() / lc,
-        gopher_end_ellipsis_lines_ratio=norm.str.count_matches(r"(?m)(?:\.\.\.|\u2026)[^\S\n]*$").to_numpy() / lc,
-        gopher_alpha_words_ratio=words["alpha_ratio"],
-        gopher_stop_words=pl.Series(words["stop_words"]).cast(pl.Int64),
-        _n_chars=n_chars,
-    )
     c4 = _c4_lines(text, params.c4)
     fw_text = c4["c4_text"] if params.c4.enabled else text
-    return pl.concat(
-        [
-            sig,
-            c4.select("c4_num_sentences", "c4_kept_lines", "c4_text", _c4_page_drop="page_drop"),
-            _fineweb_signals(fw_text, params.fineweb),
-        ],
-        how="horizontal",
+    return pl.DataFrame(
+        {
+            **_repetition_signals(text, n_chars.to_numpy()),
+            **{f"gopher_top_{n}_gram_frac": ngrams[f"{n}"] for n in TOP_NGRAMS},
+            **{f"gopher_dup_{n}_gram_frac": ngrams[f"{n}"] for n in DUP_NGRAMS},
+            "gopher_n_words": pl.Series(words["n_non_symbol"]).cast(pl.Int64),
+            "gopher_avg_word_length": words["avg_len"],
+            "gopher_hash_ratio": text.str.count_matches("#", literal=True).to_numpy() / n_tok,
+            "gopher_ellipsis_ratio": (
+                text.str.count_matches("...", literal=True) + text.str.count_matches("\u2026", literal=True)
+            ).to_numpy()
+            / n_tok,
+            "gopher_bullet_lines_ratio": norm.str.count_matches(r"(?m)^[^\S\n]*[\u2022\-]").to_numpy() / lc,
+            "gopher_end_ellipsis_lines_ratio": norm.str.count_matches(r"(?m)(?:\.\.\.|\u2026)[^\S\n]*$").to_numpy()
+            / lc,
+            "gopher_alpha_words_ratio": words["alpha_ratio"],
+            "gopher_stop_words": pl.Series(words["stop_words"]).cast(pl.Int64),
+            "c4_num_sentences": c4["c4_num_sentences"],
+            "c4_kept_lines": c4["c4_kept_lines"],
+            **{k: pl.Series(v).cast(pl.Int64) if k == "fineweb_lines" else v for k, v in _fineweb_signals(fw_text, params.fineweb).items()},
+            "c4_text": c4["c4_text"],
+            "_c4_page_drop": c4["page_drop"],
+            "_n_chars": n_chars,
+        }
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import polars as pl
@@ -50,11 +51,23 @@ def run(config: CurateConfig) -> tuple[curate_module.CuratedCorpus, dict[str, st
     return result, task_states(state.state_details.flow_run_id)
 
 
-def task_states(flow_run_id) -> dict[str, str]:
-    """task run name -> final state name (Completed, Cached, ...) for one flow run."""
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=500)
-    return {r.name: r.state.name for r in runs}
+def task_states(flow_run_id, settle_seconds: float = 15.0) -> dict[str, str]:
+    """task run name -> final state name (Completed, Cached, ...) for one flow run.
+
+    Task run states reach the API as events, flushed in the background: poll until every
+    run has a final state.
+    """
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        runs = []
+        with get_client(sync_client=True) as client:
+            while page := client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200, offset=len(runs)
+            ):
+                runs += page
+        if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+            return {r.name: (r.state.name if r.state else "None") for r in runs}
+        time.sleep(0.2)
 
 
 def by_stage(states: dict[str, str]) -> dict[str, set[str]]:

@@ -1,0 +1,232 @@
+"""Stage 5, pii: redact e-mails, phone numbers, IP addresses, payment cards and IBANs.
+
+Each type becomes a typed placeholder (``<EMAIL>``, ``<PHONE>``, ``<IP>``, ``<CARD>``,
+``<IBAN>``). Regexes run vectorised in polars (Rust regex: no look-arounds, so boundaries
+are matched as capture groups and put back, and a second pass catches a match whose
+boundary character the previous match consumed). Card numbers and IBANs need a checksum,
+so only documents with a candidate go through Python, where each candidate is checked
+(Luhn / ISO 7064 mod 97) before it is replaced.
+
+Counts per type are taken as (placeholders after) - (placeholders before), so text that
+already contained a placeholder is not counted twice.
+
+Ordinary numbers are left alone by construction: dates (2019-07-17, 17/07/2019), times,
+versions (3.11.7; ``v1.2.3.4`` is glued to a letter, so it is not an address), prices,
+years, ISBNs (they start with 9 or 0-and-dashes, never a card prefix or phone layout) and
+plain numbers. A bare four-part dotted number such as ``2.7.18.1`` *is* redacted as an IP:
+it cannot be told from one, and the pii suite (data_quality/patterns.py) requires it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from tasks.stage import ShardStage
+
+TYPES = ("email", "phone", "ip", "credit_card", "iban")
+COUNT_COLUMNS = {t: f"pii_{'card' if t == 'credit_card' else t}" for t in TYPES}
+
+# --------------------------------------------------------------------------- patterns
+# A superset of data_quality.patterns.EMAIL (same local part, same domain shape).
+EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# IPv4 with the suite's boundaries: not glued to a word character or to ".digit".
+IPV4 = rf"(^|[^\w.]|\.[^\d])((?:{_OCTET}\.){{3}}{_OCTET})($|[^\w.]|\.[^\d]|\.$)"
+_H = r"[0-9A-Fa-f]{1,4}"
+# IPv6: full 8 groups, or compressed with "::" and at least two groups; optional IPv4 tail.
+_IPV6_BODY = (
+    rf"(?:(?:{_H}:){{7}}{_H}"
+    rf"|(?:{_H}:){{1,6}}:(?:{_H}:){{0,5}}{_H}"
+    rf"|(?:{_H}:){{1,7}}:"
+    rf"|::(?:ffff:)?{_OCTET}(?:\.{_OCTET}){{3}}"
+    rf"|(?:{_H}:){{6}}{_OCTET}(?:\.{_OCTET}){{3}})"
+)
+IPV6 = rf"(^|[^\w:.])({_IPV6_BODY})($|[^\w:.]|\.[^\w]|\.$)"
+
+# International (E.164-like): the suite's PHONE pattern, boundary kept as group 1.
+PHONE_INTL = r"(^|[^\w+])(\+[0-9][0-9\s().-]{7,}[0-9])"
+# National layouts. North America: (555) 123-4567, 555-123-4567, 555.123.4567.
+_NANP = r"(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[-.])[0-9]{3}[-.][0-9]{4}"
+# UK: 11 digits starting with 0, as 07700 900123, 020 7946 0958, 0121 496 0000,
+# 0808 145 4742, 0800 1956669 or 08000930705 (spaces optional, never dashes: ISBN-10s
+# like 0-306-40615-2 use dashes).
+_UK = (
+    r"(?:0[0-9]{10}|0[0-9]{4} [0-9]{6}|0[0-9]{3} [0-9]{3} ?[0-9]{4}|0[0-9]{3} [0-9]{7}"
+    r"|0[0-9]{2} [0-9]{4} ?[0-9]{4}|0[0-9]{4} [0-9]{3} [0-9]{3})"
+)
+PHONE_NATIONAL = rf"(^|[^\w.,+-]|[A-Za-z])((?:{_NANP}|{_UK}))($|[^\d-]|[.,][^\d])"
+
+# Cards: 13-19 digits in groups separated by single spaces or dashes, first digit 2-6
+# (Mastercard 2/5, Amex/Diners/JCB 3, Visa 4, Discover/Maestro/UnionPay 6): ISBN-13s
+# (978/979...) and timestamps (1...) never qualify. Luhn is checked in Python.
+CARD = r"(^|[^\w.,-])([2-6][0-9]{3}(?:[ -]?[0-9]){9,15})($|[^\w-]|[.,][^\d])"
+# IBAN: country, 2 check digits, 11-30 alphanumerics, optionally in groups of four.
+IBAN = r"(^|[^\w])([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)($|[^\w])"
+
+_CARD_RE = re.compile(CARD)
+_IBAN_RE = re.compile(IBAN)
+
+# Lengths of IBANs by country (ISO 13616 registry); unknown countries need 15-34.
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BR": 29, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20,
+    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27,
+    "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30,
+    "KZ": 20, "LB": 28, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22,
+    "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29,
+    "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27,
+    "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+}
+
+
+class PiiParams(BaseModel):
+    """Parameters of the pii stage."""
+
+    email: bool = Field(default=True, description="Redact e-mail addresses.")
+    phone: bool = Field(default=True, description="Redact phone numbers (international +CC, North American, UK).")
+    ip: bool = Field(default=True, description="Redact IPv4 and IPv6 addresses.")
+    credit_card: bool = Field(default=True, description="Redact payment card numbers (13-19 digits, Luhn-valid).")
+    iban: bool = Field(default=True, description="Redact IBANs (mod-97 checksum and country length verified).")
+    drop_above: int | None = Field(
+        default=None,
+        ge=0,
+        description="Drop a document with more than this many matches in total (reason pii_too_many); null never drops.",
+    )
+    placeholders: dict[str, str] = Field(
+        default_factory=lambda: {
+            "email": "<EMAIL>",
+            "phone": "<PHONE>",
+            "ip": "<IP>",
+            "credit_card": "<CARD>",
+            "iban": "<IBAN>",
+        },
+        description="Replacement text per type (keys: email, phone, ip, credit_card, iban); missing keys use the defaults.",
+    )
+
+    def placeholder(self, kind: str) -> str:
+        default = PiiParams.model_fields["placeholders"].default_factory()  # type: ignore[misc]
+        return self.placeholders.get(kind, default[kind])
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def luhn_ok(number: str) -> bool:
+    """Luhn checksum of the digits in ``number``."""
+    digits = [int(c) for c in number if c.isdigit()]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def card_ok(candidate: str) -> bool:
+    digits = re.sub(r"[ -]", "", candidate)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+def iban_ok(candidate: str) -> bool:
+    """ISO 13616: country length (when known) and mod 97 == 1 of the rearranged number."""
+    s = candidate.replace(" ", "")
+    expected = _IBAN_LENGTHS.get(s[:2])
+    if (expected is not None and len(s) != expected) or not 15 <= len(s) <= 34:
+        return False
+    rearranged = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _sub_checked(pattern: re.Pattern[str], check, placeholder: str, text: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        return m.group(1) + (placeholder if check(m.group(2)) else m.group(2)) + m.group(3)
+
+    # Two passes: a match's trailing boundary may be the next candidate's leading one.
+    return pattern.sub(repl, pattern.sub(repl, text))
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _replace_bounded(col: pl.Expr, pattern: str, placeholder: str, groups: int = 3) -> pl.Expr:
+    repl = "${1}" + placeholder.replace("$", "$$") + ("${3}" if groups == 3 else "")
+    for _ in range(2):  # the second pass catches matches whose boundary the first consumed
+        col = col.str.replace_all(pattern, repl)
+    return col
+
+
+def redact_text(docs: pl.DataFrame, p: PiiParams) -> tuple[pl.Series, dict[str, pl.Series]]:
+    """Redacted text and per-type counts (placeholders added) for every document."""
+    text = docs.get_column("text").fill_null("")
+    counts: dict[str, pl.Series] = {}
+
+    def count(s: pl.Series, kind: str) -> pl.Series:
+        return s.str.count_matches(p.placeholder(kind), literal=True).cast(pl.Int64)
+
+    frame = pl.DataFrame({"t": text})
+    col = pl.col("t")
+    steps: list[tuple[str, Any]] = []
+    # Order matters: e-mails first (their digits must not become phones), cards and IBANs
+    # before phones (a spaced card number would otherwise look like a phone number).
+    if p.email:
+        steps.append(("email", lambda c: c.str.replace_all(EMAIL, p.placeholder("email").replace("$", "$$"))))
+    if p.credit_card:
+        steps.append(("credit_card", None))
+    if p.iban:
+        steps.append(("iban", None))
+    if p.ip:
+        steps.append(("ip", lambda c: _replace_bounded(_replace_bounded(c, IPV6, p.placeholder("ip")), IPV4, p.placeholder("ip"))))
+    if p.phone:
+        steps.append(
+            ("phone", lambda c: _replace_bounded(_replace_bounded(c, PHONE_INTL, p.placeholder("phone"), groups=2), PHONE_NATIONAL, p.placeholder("phone")))
+        )
+    current = frame.get_column("t")
+    for kind, fn in steps:
+        before = count(current, kind)
+        if fn is not None:
+            current = pl.DataFrame({"t": current}).select(fn(col)).get_column("t")
+        else:
+            pattern, check = (CARD, card_ok) if kind == "credit_card" else (IBAN, iban_ok)
+            compiled = _CARD_RE if kind == "credit_card" else _IBAN_RE
+            has = current.str.contains(pattern)
+            if has.any():
+                values = current.to_list()
+                for i in has.arg_true().to_list():
+                    values[i] = _sub_checked(compiled, check, p.placeholder(kind), values[i])
+                current = pl.Series("t", values, dtype=pl.String)
+        counts[kind] = (count(current, kind) - before).clip(lower_bound=0)
+    for kind in TYPES:
+        counts.setdefault(kind, pl.Series([0] * docs.height, dtype=pl.Int64))
+    return current, counts
+
+
+def apply_pii(docs: pl.DataFrame, params: Any) -> pl.DataFrame:
+    """Redact PII in ``text``; add ``pii_count`` and per-type counts; reason ``pii_too_many`` above drop_above."""
+    p = params if isinstance(params, PiiParams) else PiiParams.model_validate(params or {})
+    redacted, counts = redact_text(docs, p)
+    was_null = docs.get_column("text").is_null()
+    text = pl.select(pl.when(was_null).then(None).otherwise(redacted).alias("text")).get_column("text")
+    total = sum(counts.values(), pl.Series([0] * docs.height, dtype=pl.Int64))
+    out = docs.with_columns(
+        text.alias("text"),
+        total.alias("pii_count").cast(pl.Int64),
+        *[counts[k].alias(COUNT_COLUMNS[k]) for k in TYPES],
+    )
+    if p.drop_above is None:
+        reason = pl.lit(None, dtype=pl.String)
+    else:
+        reason = pl.when(pl.col("pii_count") > p.drop_above).then(pl.lit("pii_too_many")).otherwise(None)
+    detail = pl.when(reason.is_not_null()).then(pl.format("{} matches > {}", pl.col("pii_count"), pl.lit(p.drop_above)))
+    return out.with_columns(reason.cast(pl.String).alias("reason"), detail.cast(pl.String).alias("detail"))
+
+
+PII_STAGE = ShardStage(name="pii", version="1", apply=apply_pii)
+
+__all__ = ["PiiParams", "PII_STAGE", "apply_pii", "redact_text", "luhn_ok", "iban_ok"]

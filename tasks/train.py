@@ -1,0 +1,266 @@
+"""pretrain / finetune: next-token training on token arrays, resumable from its last checkpoint.
+
+The loop fits on one screen and calls named helpers (``lr_at``, ``batch_at``,
+``estimate_loss``, ``save``). Batches are a pure function of (seed, step), and the
+dropout RNG state travels in the checkpoint, so a run killed at any point and resumed
+ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.gpt import GPT, GPTConfig
+
+VERSION = "1"
+
+
+class ModelSpec(BaseModel):
+    """Which architecture: a named preset plus field overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field("tiny", description="Model preset: tiny (2 CPU cores, minutes), small, gpt2-124m (GPU).")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="GPTConfig fields to change, e.g. {dropout: 0.1}.")
+
+    def build(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig.preset(self.preset, **{**self.overrides, "vocab_size": vocab_size})
+
+
+class TrainParams(BaseModel):
+    """One training run: model, optimizer, schedule, budgets, regularization, early stopping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture (ignored when continuing from a checkpoint).")
+    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
+    min_lr: float = Field(2e-4, ge=0, description="Learning rate at the end of the cosine decay.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps; the cosine schedule spans them.")
+    max_seconds: float | None = Field(None, gt=0, description="Wall-clock budget; training stops (and keeps its best) when spent.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, on matrices only (regularization).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null: no clipping.")
+    eval_interval: int = Field(100, ge=1, description="Steps between validations (and early-stopping checks).")
+    eval_batches: int = Field(10, ge=1, description="Micro-batches per validation estimate.")
+    patience: int | None = Field(5, ge=1, description="Stop after this many validations without improvement; null: never.")
+    min_delta: float = Field(1e-3, ge=0, description="Improvement in val loss that resets patience.")
+    checkpoint_interval: int = Field(100, ge=1, description="Steps between resumable checkpoints (at most this much work is lost to a kill).")
+    seed: int = Field(1337, description="Seed of initialization, batches and dropout.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    compile: bool = Field(False, description="torch.compile the model (GPU).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Where training examples come from: flat token arrays, or fixed-length SFT rows with loss masks."""
+
+    train: np.ndarray
+    val: np.ndarray
+    train_mask: np.ndarray | None = None  # SFT: (rows, block) 0/1, rows of ids in train/val
+    val_mask: np.ndarray | None = None
+
+    @property
+    def is_rows(self) -> bool:
+        return self.train_mask is not None
+
+
+def resolve_device(params: TrainParams) -> str:
+    if params.device != "auto":
+        return params.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def lr_at(step: int, p: TrainParams) -> float:
+    """Linear warmup, then cosine decay to min_lr over max_steps."""
+    if step < p.warmup_steps:
+        return p.lr * (step + 1) / p.warmup_steps
+    progress = min(1.0, (step - p.warmup_steps) / max(1, p.max_steps - p.warmup_steps))
+    return p.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (p.lr - p.min_lr)
+
+
+def batch_at(
+    data: np.ndarray, mask: np.ndarray | None, block: int, batch: int, seed: int, step: int, micro: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The micro-batch for (step, micro): a pure function of the seed, so resuming replays it exactly."""
+    rng = np.random.default_rng([seed, step, micro])
+    if mask is None:
+        ix = rng.integers(0, len(data) - block - 1, size=batch)
+        x = np.stack([data[i : i + block] for i in ix]).astype(np.int64)
+        y = np.stack([data[i + 1 : i + 1 + block] for i in ix]).astype(np.int64)
+        return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), None
+    rows = rng.integers(0, len(data), size=batch)
+    seq = data[rows].astype(np.int64)  # (B, block + 1)
+    m = mask[rows][:, 1:].astype(np.float32)  # the mask of each target token
+    return (
+        torch.from_numpy(seq[:, :-1]).to(device),
+        torch.from_numpy(seq[:, 1:]).to(device),
+        torch.from_numpy(m).to(device),
+    )
+
+
+@torch.no_grad()
+def estimate_loss(model: GPT, batches: Batches, p: TrainParams, block: int, device: str, ctx: Any) -> dict[str, float]:
+    """Mean loss on fixed held-out and training batches (the same ones every time)."""
+    model.eval()
+    out = {}
+    for split, data, mask in (("train", batches.train, batches.train_mask), ("val", batches.val, batches.val_mask)):
+        losses = []
+        for k in range(p.eval_batches):
+            x, y, m = batch_at(data, mask, block, p.batch_size, p.seed + 1, -1, k, device)
+            with ctx:
+                _, loss = model(x, y, loss_mask=m)
+            losses.append(loss.item())
+        out[f"{split}_loss"] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+class TrainResult(BaseModel):
+    out_dir: str
+    steps: int
+    best_val_loss: float
+    best_step: int
+    stopped: str
+    tokens_seen: int
+    seconds: float
+    flops: float
+    model_config_json: dict[str, Any]
+
+
+def train(
+    out_dir: Path,
+    batches: Batches,
+    params: TrainParams,
+    vocab_size: int,
+    init_from: Path | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train into ``out_dir``; resumes from ``out_dir/checkpoints/last`` when a previous attempt left one."""
+    device = resolve_device(params)
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    last, best = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
+    torch.manual_seed(params.seed)
+    cfg = _model_config(params, vocab_size, init_from)
+    model = GPT(cfg).to(device)
+    if init_from is not None and not last.exists():
+        load_checkpoint(init_from, model)  # transfer learning: start from pretrained weights
+    optimizer = torch.optim.AdamW(
+        model.param_groups(params.weight_decay), lr=params.lr, betas=(params.beta1, params.beta2), fused=False
+    )
+    state = {"step": 0, "best_val_loss": float("inf"), "best_step": 0, "bad_evals": 0, "tokens_seen": 0, "seconds": 0.0}
+    if last.exists():
+        state = load_checkpoint(last, model, optimizer)["train"]
+        _restore_rng(state.pop("rng"))
+    ctx = _autocast(params, device)
+    runnable = torch.compile(model) if params.compile else model
+    block = cfg.block_size
+    tokens_per_step = params.batch_size * params.grad_accum * block
+    metrics = open(out_dir / "metrics.jsonl", "a")
+    started = time.perf_counter() - state["seconds"]
+    stopped = "max_steps"
+    step = state["step"]
+    while step < params.max_steps:
+        if step % params.eval_interval == 0 or step == params.max_steps - 1:
+            losses = estimate_loss(runnable, batches, params, block, device, ctx)
+            record = {"step": step, **losses, "lr": lr_at(step, params), "seconds": time.perf_counter() - started}
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            if progress:
+                progress(step, record)
+            if losses["val_loss"] < state["best_val_loss"] - params.min_delta:
+                state.update(best_val_loss=losses["val_loss"], best_step=step, bad_evals=0)
+                save_checkpoint(best, model, None, _state(state, step, cfg))
+            else:
+                state["bad_evals"] += 1
+                if params.patience is not None and state["bad_evals"] >= params.patience:
+                    stopped = "early_stopping"
+                    break
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, params)
+        for micro in range(params.grad_accum):
+            x, y, m = batch_at(batches.train, batches.train_mask, block, params.batch_size, params.seed, step, micro, device)
+            with ctx:
+                _, loss = runnable(x, y, loss_mask=m)
+            (loss / params.grad_accum).backward()
+        if params.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        state["tokens_seen"] += tokens_per_step
+        state["seconds"] = time.perf_counter() - started
+        if step % params.checkpoint_interval == 0:
+            save_checkpoint(last, model, optimizer, _state(state, step, cfg))
+        if params.max_seconds and state["seconds"] >= params.max_seconds:
+            stopped = "max_seconds"
+            break
+    state["step"] = step
+    metrics.close()
+    if not best.exists():  # never validated (budget spent before the first eval): keep the final weights
+        save_checkpoint(best, model, None, _state(state, step, cfg))
+    save_checkpoint(last, model, optimizer, _state(state, step, cfg))
+    return TrainResult(
+        out_dir=str(out_dir),
+        steps=step,
+        best_val_loss=state["best_val_loss"],
+        best_step=state["best_step"],
+        stopped=stopped,
+        tokens_seen=state["tokens_seen"],
+        seconds=state["seconds"],
+        flops=float(model.flops_per_token() * state["tokens_seen"]),
+        model_config_json=cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg.__dict__),
+    )
+
+
+def _model_config(params: TrainParams, vocab_size: int, init_from: Path | None) -> GPTConfig:
+    if init_from is None:
+        return params.model.build(vocab_size)
+    saved = json.loads((init_from / "state.json").read_text())["model_config"]
+    return GPTConfig(**{**saved, "dropout": params.model.overrides.get("dropout", saved.get("dropout", 0.0))})
+
+
+def _autocast(params: TrainParams, device: str) -> Any:
+    use_bf16 = params.dtype == "bfloat16" or (params.dtype == "auto" and device == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
+
+
+def _state(state: dict[str, Any], step: int, cfg: GPTConfig) -> dict[str, Any]:
+    train_state = {**state, "step": step, "rng": _rng_state()}
+    cfg_json = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg.__dict__)
+    return {"train": train_state, "model_config": cfg_json}
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state().tolist(),
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def _restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))

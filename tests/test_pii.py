@@ -1,0 +1,98 @@
+"""pii stage: each type redacted and counted, checksums enforced, ordinary numbers untouched."""
+
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from data_quality import patterns
+from tasks.pii import PII_STAGE, PiiParams, apply_pii, iban_ok, luhn_ok
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def run(texts, **params):
+    df = pl.DataFrame(
+        {"id": [str(i) for i in range(len(texts))], "text": texts, "source": "t", "uri": "u", "license": None},
+        schema={"id": pl.String, "text": pl.String, "source": pl.String, "uri": pl.String, "license": pl.String},
+    )
+    return apply_pii(df, PiiParams.model_validate(params))
+
+
+@pytest.mark.parametrize(
+    "text,expected,column,n",
+    [
+        ("write to bob.smith+tag@mail.example.co.uk today", "write to <EMAIL> today", "pii_email", 1),
+        ("call +44 20 7946 0958 now", "call <PHONE> now", "pii_phone", 1),
+        ("Berlin +49 30 901820.", "Berlin <PHONE>.", "pii_phone", 1),
+        ("US (555) 123-4567 or 555-123-4567", "US <PHONE> or <PHONE>", "pii_phone", 2),
+        ("mobile 07700 900123, office 020 7946 0958", "mobile <PHONE>, office <PHONE>", "pii_phone", 2),
+        ("txt 08000930705 or 08452810075over18's", "txt <PHONE> or <PHONE>over18's", "pii_phone", 2),
+        ("host 192.168.0.1, 10.0.0.1 10.0.0.2", "host <IP>, <IP> <IP>", "pii_ip", 3),
+        ("v6 2001:db8::8a2e:370:7334 and fe80::1.", "v6 <IP> and <IP>.", "pii_ip", 2),
+        ("pay 4111 1111 1111 1111 or 5500-0000-0000-0004", "pay <CARD> or <CARD>", "pii_card", 2),
+        ("IBAN GB82 WEST 1234 5698 7654 32 / DE89370400440532013000", "IBAN <IBAN> / <IBAN>", "pii_iban", 2),
+    ],
+)
+def test_each_type_redacted_and_counted(text, expected, column, n):
+    out = run([text])
+    assert out["text"][0] == expected
+    assert out[column][0] == n
+    assert out["pii_count"][0] == n
+
+
+def test_checksums():
+    assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+    assert iban_ok("GB82WEST12345698765432") and not iban_ok("GB82WEST12345698765433")
+    out = run(["bad card 4111 1111 1111 1112 and bad IBAN GB82 WEST 1234 5698 7654 33"])
+    assert out["text"][0] == "bad card 4111 1111 1111 1112 and bad IBAN GB82 WEST 1234 5698 7654 33"
+    assert out["pii_count"][0] == 0
+
+
+ORDINARY = [
+    "On 2019-07-17 (17/07/2019) at 12:30:45 we shipped Python 3.11.7.",
+    "Tagged v1.2.3.4 and section 1.2.3.4.5; it cost $1,234.56 in 1999, or 4821 or 123456 units.",
+    "ISBN 978-3-16-148410-0 and ISBN 0-306-40615-2; timestamp 1563364561000; std::vector; 10:30.",
+]
+
+
+def test_ordinary_numbers_untouched():
+    out = run(ORDINARY)
+    assert out["text"].to_list() == ORDINARY
+    assert out["pii_count"].to_list() == [0, 0, 0]
+
+
+def test_schema_reason_and_drop_above():
+    out = run(["a@b.com c@d.org e@f.net", "nothing here", None], drop_above=2)
+    assert out.columns[:5] == ["id", "text", "source", "uri", "license"]
+    assert out.schema["pii_count"] == pl.Int64 and out.schema["reason"] == pl.String
+    assert out["reason"].to_list() == ["pii_too_many", None, None]
+    assert out["text"][2] is None
+    assert run(["a@b.com"], email=False)["text"][0] == "a@b.com"
+    assert run(["a@b.com"], placeholders={"email": "[mail]"})["text"][0] == "[mail]"
+    assert PII_STAGE.name == "pii"
+
+
+def test_real_emails_in_web_file_redacted_and_suite_patterns_clear():
+    texts = []
+    with open(DATA / "web" / "cc_warc_2019_07_cclicensed_pages.jsonl") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+    with_email = [t for t in texts if re.search(patterns.EMAIL, t)]
+    assert len(with_email) >= 5
+    out = run(with_email)
+    assert out["pii_email"].sum() >= len(with_email)
+    for t in out["text"]:
+        for pat in (patterns.EMAIL, patterns.IPV4, patterns.PHONE):
+            assert not re.search(pat, t), (pat, re.search(pat, t))
+
+
+def test_sms_uk_numbers():
+    lines = (DATA / "pii" / "sms_spam_collection.tsv").read_text().splitlines()
+    eleven = [l for l in lines if re.search(r"(?<!\d)0\d{10}(?!\d)", l)][:50]
+    out = run(eleven)
+    # Digits glued to a dot (www.07781482378.com) are a domain name, not a number in prose.
+    assert all(not re.search(r"(?<![\d.])0\d{10}(?!\d)", t) for t in out["text"])
+    assert (out["pii_phone"] >= 1).sum() >= len(eleven) - 1
