@@ -196,17 +196,20 @@ class GPTConfig:
         if self.mlp_hidden is None and isinstance(self.n_embd, int) and self.n_embd > 0:
             self.mlp_hidden = llama_mlp_hidden(self.n_embd)
         problems = []
+        ok = set()  # fields that are positive ints, so the relations below can be checked
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        if not problems:
+            else:
+                ok.add(name)
+        if {"n_embd", "n_head"} <= ok:
             if self.n_embd % self.n_head:
                 problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
             elif self.head_dim % 2:
                 problems.append(f"head_dim (n_embd/n_head = {self.head_dim}) must be even for rotary embeddings")
-            if self.n_head % self.n_kv_head:
-                problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if {"n_head", "n_kv_head"} <= ok and self.n_head % self.n_kv_head:
+            problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0:

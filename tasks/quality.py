@@ -264,6 +264,43 @@ def tokenize(text: pl.Series) -> pl.Series:
     return _prep(text).str.extract_all(TOKEN_PATTERN)
 
 
+# Every TOKEN_PATTERN token is a run of consecutive SIMPLE_TOKEN tokens, so where both
+# patterns count the same tokens in a piece they tokenize it the same way.
+SIMPLE_TOKEN = r"\w+|\S"
+
+
+def _flat_tokens(text: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """tokenize(text), flattened: (each word's row, the words).
+
+    polars' extract_all is slow with the full pattern (counting with it is fast), so the
+    text is cut at whitespace (tokens never span it), pure-word pieces are tokens as
+    they are, and the full pattern extracts only from pieces that the simple one would
+    split differently.
+    """
+    pieces = _prep(text).str.replace_all(r"\s+", " ").str.split(" ")
+    p_doc, flat = _explode(pieces)
+    plain = flat.str.contains(r"^\w+\z").to_numpy()
+    other = np.flatnonzero(~plain)
+    sub = flat.gather(other)
+    hard = (sub.str.count_matches(TOKEN_PATTERN) != sub.str.count_matches(SIMPLE_TOKEN)).to_numpy()
+    easy_idx, hard_idx = other[~hard], other[hard]
+    easy = sub.filter(pl.Series(~hard)).str.extract_all(SIMPLE_TOKEN)
+    full = sub.filter(pl.Series(hard)).str.extract_all(TOKEN_PATTERN)
+    plain_idx = np.flatnonzero(plain)
+    key = np.concatenate(
+        [plain_idx, np.repeat(easy_idx, easy.list.len().to_numpy()), np.repeat(hard_idx, full.list.len().to_numpy())]
+    )
+    words = pl.concat(
+        [
+            flat.gather(plain_idx),
+            easy.explode(empty_as_null=False, keep_nulls=False),
+            full.explode(empty_as_null=False, keep_nulls=False),
+        ]
+    )
+    order = np.argsort(key, kind="stable")  # back to text order
+    return p_doc[key[order]], words.gather(order)
+
+
 def count_tokens(text: pl.Series) -> np.ndarray:
     """len(tokenize(text)) per row, without materializing the words (much faster)."""
     return _prep(text).str.count_matches(TOKEN_PATTERN).fill_null(0).to_numpy()
@@ -387,11 +424,9 @@ def _dup_ngram_chars(g: pl.DataFrame, n: int, n_docs: int) -> np.ndarray:
     return out
 
 
-def _word_signals(tokens: pl.Series, n_docs: int, stop_words: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, pl.Series]:
-    """Per-document word counts for Gopher quality; also returns each word's document and the flat words."""
-    n_tok = tokens.list.len().fill_null(0).to_numpy()
-    doc = np.repeat(np.arange(n_docs), n_tok)
-    words = tokens.explode(empty_as_null=False, keep_nulls=False)
+def _word_signals(doc: np.ndarray, words: pl.Series, n_docs: int, stop_words: list[str]) -> dict[str, np.ndarray]:
+    """Per-document word counts for Gopher quality, from the flat words and their documents."""
+    n_tok = np.bincount(doc, minlength=n_docs)
     non_symbol = words.str.contains(_NON_PUNCT).to_numpy()
     alpha = words.str.contains(r"\p{L}").to_numpy()
     lens = words.str.len_chars().to_numpy()
@@ -408,7 +443,7 @@ def _word_signals(tokens: pl.Series, n_docs: int, stop_words: list[str]) -> tupl
         "alpha_ratio": np.divide(n_alpha, n_tok, out=np.zeros(n_docs), where=n_tok > 0),
         "stop_words": n_stop,
     }
-    return sig, doc, words
+    return sig
 
 
 def _c4_lines(text: pl.Series, p: C4) -> pl.DataFrame:
@@ -580,8 +615,8 @@ def quality_signals(docs: pl.DataFrame, params: QualityParams) -> pl.DataFrame:
     text = docs["text"].fill_null("").cast(pl.String)
     n_chars = text.str.len_chars().cast(pl.Int64)
     norm = text.str.replace_all(_LINE_BREAKS, "\n")  # for str.splitlines() semantics
-    tokens = tokenize(text)
-    words, doc, flat = _word_signals(tokens, n_docs, params.gopher_quality.stop_words)
+    doc, flat = _flat_tokens(text)
+    words = _word_signals(doc, flat, n_docs, params.gopher_quality.stop_words)
     n_tok = np.maximum(words["n_words"], 1)
     line_count = (norm.str.count_matches("\n", literal=True) + 1 - norm.str.ends_with("\n").cast(pl.UInt32)).to_numpy()
     line_count = np.where(n_chars.to_numpy() > 0, line_count, 0)

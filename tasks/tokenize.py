@@ -291,7 +291,8 @@ def train_tokenizer(work: StageWork, corpus: DatasetRef, params: TokenizeParams)
         seconds=round(time.perf_counter() - start, 4),
     )
     write_json(work.marker, info)  # last: the step is done
-    get_run_logger().info("tokenizer %s: vocab %d (%s)", info["source"], info["vocab_size"], info.get("sample_bytes", ""))
+    how = f"trained on {info['sample_bytes']:,} bytes" if "sample_bytes" in info else f"reused from {params.tokenizer_path}"
+    get_run_logger().info("tokenizer %s: vocab %d", how, info["vocab_size"])
     return info
 
 

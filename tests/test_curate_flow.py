@@ -154,3 +154,30 @@ def test_directory_without_manifest_is_never_read(tmp_path: Path, corpus_dir: Pa
     assert stages["quality"] == {"Cached"}
     assert second.corpus == first.corpus
     assert pl.read_parquet(shard).height > 0
+
+
+def test_planted_violation_stops_the_flow_at_the_right_stage(tmp_path: Path, corpus_dir: Path) -> None:
+    from data_quality import DataQualityError
+
+    leak = corpus_dir / "leak.txt"
+    leak.write_text(
+        "The annual meeting of the village garden club will take place on the first Saturday of May. "
+        "Members are asked to bring seedlings, spare tools and their favourite recipes for the shared lunch. "
+        "Last year we planted more than two hundred trees along the river path, and the children from the "
+        "local school painted new signs for the allotments. This spring we hope to repair the old greenhouse "
+        "and to start a seed library that everyone in the valley can use. If you would like to help with the "
+        "preparations or have questions about membership, please write to jane.doe@example.org before the end "
+        "of April, and tell your neighbours about the meeting as well.\n"
+    )
+    workdir = tmp_path / "work"
+    # Switching e-mail redaction off plants the violation: the pii suite must catch it.
+    state = curate(config_for(workdir, corpus_dir, "pii.email=false"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DataQualityError) as e:
+        state.result()
+    message = str(e.value)
+    assert "stage 'pii'" in message and "email" in message
+    assert "index.html" in message and (workdir / "data_docs").is_dir()
+    datasets = workdir / "datasets"
+    assert (datasets / "quality").is_dir() and not (datasets / "dedup").exists()
+    assert not list((datasets / "pii").glob("*/manifest.json"))

@@ -20,6 +20,11 @@ CLEAN = (
 )
 
 
+# Gopher quality rules are tested on their own: a tiny document trips Gopher repetition's
+# top n-gram rules first (its first 3-gram alone is > 18% of a 40-character text).
+NO_REP = {"gopher_repetition": {"enabled": False}}
+
+
 def run(texts: list[str], params: QualityParams | dict | None = None) -> pl.DataFrame:
     docs = pl.DataFrame(
         {
@@ -63,59 +68,61 @@ def test_rows_and_columns_are_kept_in_order():
 
 
 @pytest.mark.parametrize(
-    "text, expected",
+    "text, expected, params",
     [
         # Gopher repetition
-        ("\n\n".join(["same paragraph here"] * 4 + ["other one", "third"]), "gopher_dup_para_frac"),
-        ("\n".join(["repeated line here"] * 5 + ["a", "b", "c"]), "gopher_dup_line_frac"),
-        (CLEAN + " " + " ".join(["buy cheap"] * 60), "gopher_top_2_gram"),
-        (CLEAN + "\n" + " ".join(f"w{i} the cat sat on mat" for i in range(40)), "gopher_duplicated_5_n_grams"),
+        ("\n\n".join(["same paragraph here"] * 4 + ["other one", "third"]), "gopher_dup_para_frac", None),
+        ("\n".join(["repeated line here"] * 5 + ["a", "b", "c"]), "gopher_dup_line_frac", None),
+        (CLEAN + " " + " ".join(["buy cheap"] * 60), "gopher_top_2_gram", None),
+        (CLEAN + "\n" + " ".join(["alpha bravo charlie delta echo foxtrot golf hotel india juliet."] * 4), "gopher_duplicated_5_n_grams", None),
         # Gopher quality
-        ("The cat sat on the mat with the dog.", "gopher_short_doc"),
-        (" ".join(["a b of an to"] * 20) + " the and", "gopher_below_avg_threshold"),
-        (" ".join(f"extraordinarilylong{i}" for i in range(60)) + " the and", "gopher_above_avg_threshold"),
-        (CLEAN + " " + " ".join(f"#tag{i}" for i in range(30)), "gopher_too_many_hashes"),
-        (CLEAN + " " + " ".join(f"more{i}..." for i in range(30)), "gopher_too_many_ellipsis"),
-        ("\n".join(f"- item number {i} of the list with words" for i in range(12)), "gopher_too_many_bullets"),
-        ("\n".join(f"Line {i} of the text and that goes on..." for i in range(12)) + "\nand the end of it all", "gopher_too_many_end_ellipsis"),
-        (" ".join(f"{i} + {i * 3} = {i * 4} ;" for i in range(40)) + " the and of", "gopher_below_alpha_threshold"),
-        (" ".join(f"word{i} apple banana cherry" for i in range(20)), "gopher_enough_stop_words"),
+        ("The cat sat on the mat with the dog.", "gopher_short_doc", NO_REP),
+        (" ".join(["a b of an to"] * 20) + " the and", "gopher_below_avg_threshold", NO_REP),
+        (" ".join(f"extraordinarilylong{i}" for i in range(60)) + " the and", "gopher_above_avg_threshold", NO_REP),
+        (CLEAN + " " + " ".join(f"#tag{i}" for i in range(30)), "gopher_too_many_hashes", NO_REP),
+        (CLEAN + " " + " ".join(f"more{i}..." for i in range(30)), "gopher_too_many_ellipsis", NO_REP),
+        ("\n".join(f"- item number {i} of the list with words" for i in range(12)), "gopher_too_many_bullets", NO_REP),
+        ("\n".join(f"Line {i} of the text and that goes on..." for i in range(12)) + "\nand the end of it all", "gopher_too_many_end_ellipsis", NO_REP),
+        (" ".join(f"{12345 + i * 1001} + {10000 + i * 777} = {22345 + i * 1778} ;" for i in range(40)) + " the and of", "gopher_below_alpha_threshold", NO_REP),
+        (" ".join(f"word{i} apple banana cherry" for i in range(20)), "gopher_enough_stop_words", NO_REP),
         # C4
-        (CLEAN + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.", "c4_lorem_ipsum"),
-        (CLEAN.replace("on Saturdays.", "on Saturdays { x }."), "c4_curly_bracket"),
-        ("\n".join(CLEAN.split("\n")[:3]) + "\n" + "\n".join(CLEAN.split("\n")[3:]).replace(".", ""), "c4_too_few_sentences"),
+        (CLEAN + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.", "c4_lorem_ipsum", None),
+        (CLEAN.replace("on Saturdays.", "on Saturdays { x }."), "c4_curly_bracket", None),
+        ("\n".join(CLEAN.split("\n")[:3]) + "\n" + "\n".join(CLEAN.split("\n")[3:]).replace(".", ""), "c4_too_few_sentences", None),
         # FineWeb (C4 on, so its view is C4's kept lines)
-        ("\n".join(CLEAN.split("\n") * 2), "fineweb_char_dup_ratio"),
+        (CLEAN + "\nThank you for reading.\nThank you for reading.", "fineweb_char_dup_ratio", None),
     ],
 )
-def test_rule_reasons(text, expected):
-    assert reason(text) == expected
+def test_rule_reasons(text, expected, params):
+    assert reason(text, params) == expected
 
 
 def test_fineweb_rules_without_c4():
-    no_c4 = {"c4": {"enabled": False}}
+    # FineWeb alone (the others off), reading the raw text
+    no_c4 = {"c4": {"enabled": False}, "gopher_repetition": {"enabled": False}, "gopher_quality": {"enabled": False}}
     no_punct = CLEAN.replace(".", "")
     assert reason(no_punct, no_c4) == "fineweb_line_punct_ratio"
-    assert reason(no_punct, {"c4": {"enabled": False}, "fineweb": {"line_punct_exclude_zero": True}}) is None
+    assert reason(no_punct, {**no_c4, "fineweb": {"line_punct_exclude_zero": True}}) is None
     short_lines = CLEAN + "\n" + "\n".join(f"Short line {i} is here." for i in range(14))
     assert reason(short_lines, no_c4) == "fineweb_short_line_ratio"
-    listy = " ".join(CLEAN.split("\n")) + "\n" + "\n".join(f"the item {i}." for i in range(40))
-    assert reason(listy, {"c4": {"enabled": False}, "fineweb": {"short_line_thr": None}}) == "fineweb_list_ratio"
+    listy = CLEAN + "\n" + "\n".join(f"item{i}" for i in range(60))
+    assert reason(listy, {**no_c4, "fineweb": {"short_line_thr": None, "line_punct_thr": None}}) == "fineweb_list_ratio"
 
 
 def test_first_failing_rule_decides_in_datatrove_order():
-    # Too short for Gopher quality AND has lorem ipsum (C4): Gopher quality runs first.
-    assert reason("Lorem ipsum dolor sit amet, consectetur adipiscing elit.") == "gopher_short_doc"
-    assert reason("Lorem ipsum dolor sit amet, consectetur adipiscing elit.", {"gopher_quality": {"enabled": False}}) == "c4_lorem_ipsum"
+    # Too many hashes (Gopher quality) AND lorem ipsum (C4): Gopher quality runs first.
+    both = CLEAN + " " + " ".join(f"#tag{i}" for i in range(30)) + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit."
+    assert reason(both) == "gopher_too_many_hashes"
+    assert reason(both, {"gopher_quality": {"enabled": False}}) == "c4_lorem_ipsum"
 
 
 def test_switched_off_rules_do_not_drop():
     short = "The cat sat on the mat with the dog."
-    assert reason(short, {"gopher_quality": {"min_doc_words": None}, "c4": {"enabled": False}, "fineweb": {"enabled": False}}) is None
+    assert reason(short, {**NO_REP, "gopher_quality": {"min_doc_words": None}, "c4": {"enabled": False}, "fineweb": {"enabled": False}}) is None
     lorem = CLEAN + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit."
     assert reason(lorem, {"c4": {"filter_lorem_ipsum": False}}) is None
     assert reason(lorem, {"c4": {"enabled": False}}) is None
-    dup = "\n".join(CLEAN.split("\n") * 2)
+    dup = CLEAN + "\nThank you for reading.\nThank you for reading."
     assert reason(dup, {"fineweb": {"char_duplicates_ratio": None}}) is None
     assert reason(dup, {"fineweb": {"enabled": False}}) is None
     paras = "\n\n".join(["same paragraph here"] * 4 + ["other one", "third"])
