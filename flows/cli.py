@@ -1,7 +1,8 @@
 """The ``lmwright`` command: run flows locally on an embedded Prefect.
 
 Every command prints the directory of its result as the last line of stdout;
-progress and logs go to stderr.
+progress and logs go to stderr. Stages before the one asked for run through the
+cache, so ``lmwright pretrain --source some.txt`` curates and tokenizes it first.
 """
 
 from __future__ import annotations
@@ -12,56 +13,91 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", action="append", default=[], metavar="SRC",
-                   help="file, directory, fsspec URL or builtin:pydocs (repeatable); default: the config's sources")
-    p.add_argument("--workdir", help="where datasets, caches and reports go (default: the config's, else ./lmwright-work)")
-    p.add_argument("--config", help="preset name (tiny, small) or a YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                   help="override one config field, value parsed as YAML (repeatable)")
+COMMANDS = {
+    "curate": "raw sources -> clean, deduplicated corpus + data card",
+    "tokenize": "... -> BPE tokenizer and token arrays (train/val)",
+    "pretrain": "... -> next-token pretraining",
+    "finetune": "... -> fine-tuning from the pretrained model",
+    "evaluate": "... -> held-out metrics (metrics.json), samples, gate",
+    "run": "the whole pipeline: curate -> tokenize -> pretrain -> finetune -> evaluate -> export",
+}
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmwright", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    _common(sub.add_parser("curate", help="raw sources -> clean, deduplicated corpus + data card"))
-    _common(sub.add_parser("run", help="the whole pipeline (today: curate)"))
+    for name, help_text in COMMANDS.items():
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("--source", action="append", default=[], metavar="SRC",
+                       help="file, directory, fsspec URL or builtin:pydocs (repeatable); default: the config's sources")
+        c.add_argument("--workdir", help="datasets, models, caches and reports (default: the config's, else ./lmwright-work)")
+        c.add_argument("--config", help="preset name (tiny, small, gpt2-124m) or a YAML file")
+        c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                       help="override one config field, value parsed as YAML (repeatable)")
+        if name != "curate":
+            c.add_argument("--max-seconds", type=float, help="wall-clock budget of the training stage")
+            c.add_argument("--max-steps", type=int, help="optimizer steps of the training stage")
     return p
+
+
+def budget_overrides(command: str, max_seconds: float | None, max_steps: int | None) -> list[str]:
+    section = "finetune.train" if command == "finetune" else "pretrain"
+    out = []
+    if max_seconds is not None:
+        out.append(f"{section}.max_seconds={max_seconds}")
+    if max_steps is not None:
+        out.append(f"{section}.max_steps={max_steps}")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Imported late: Prefect and the stages are slow to import, --help should not be.
-    from flows.config import ConfigError, CurateConfig, load_config
+    # Imported late: Prefect, torch and the stages are slow to import; --help should not be.
+    import json
+
+    from flows.config import ConfigError, CurateConfig, PipelineConfig, load_config
 
     overrides = list(args.overrides)
     if args.source:
-        overrides.append("ingest.sources=" + _yaml_list(args.source))
+        overrides.append("ingest.sources=" + json.dumps(args.source))
+    overrides += budget_overrides(args.command, getattr(args, "max_seconds", None), getattr(args, "max_steps", None))
+    model = CurateConfig if args.command == "curate" else PipelineConfig
     try:
-        config = load_config(CurateConfig, args.config, overrides, workdir=args.workdir)
+        config = load_config(model, args.config, overrides, workdir=args.workdir)
     except ConfigError as e:
         print(f"lmwright: {e}", file=sys.stderr)
         return 2
     Path(config.workdir).mkdir(parents=True, exist_ok=True)
     config = config.model_copy(update={"workdir": str(Path(config.workdir).resolve())})
 
-    from flows.curate import curate
     from flows.runners import build_task_runner
 
-    flow = curate.with_options(task_runner=build_task_runner(config.runner))
-    result = flow(config)
+    runner = build_task_runner(config.runner)
+    if args.command == "curate":
+        from flows.curate import curate
+
+        result = curate.with_options(task_runner=runner)(config)
+        print(f"data card: {result.card}", file=sys.stderr)
+        print(result.corpus)
+        return 0
+
+    from flows.pipeline import pipeline
+
+    until = "export" if args.command == "run" else args.command
+    result = pipeline.with_options(task_runner=runner)(config, until=until)
     print(f"data card: {result.card}", file=sys.stderr)
-    print(result.corpus)
+    if result.models:
+        print(f"model: {result.models.finetuned or result.models.pretrained}", file=sys.stderr)
+    if result.evaluation:
+        m = result.evaluation.metrics
+        print(f"report: {result.evaluation.report} (val_loss {m['val_loss']}, val_bpb {m['val_bpb']})", file=sys.stderr)
+        if result.evaluation.export:
+            state = "promoted" if result.evaluation.promoted else "not promoted: " + "; ".join(result.evaluation.reasons)
+            print(f"export: {result.evaluation.export} ({state})", file=sys.stderr)
+    print(result.result_dir(until))
     return 0
-
-
-def _yaml_list(items: list[str]) -> str:
-    import json
-
-    return json.dumps(items)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_quality import ValidationSettings
 from tasks.dedup import DedupParams
+from tasks.evaluate import EvalParams
 from tasks.ingest import IngestParams
 from tasks.langid import LangidParams
 from tasks.normalize import NormalizeParams
 from tasks.pii import PiiParams
 from tasks.quality import QualityParams
+from tasks.sft import SftDataParams
+from tasks.tokenize import TokenizeParams
+from tasks.train import LoraParams, TrainParams
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_WORKDIR = "lmwright-work"
@@ -55,8 +59,40 @@ class CurateConfig(BaseModel):
     runner: RunnerSettings = Field(default_factory=RunnerSettings, description="Task runner for shard-wise stages.")
 
 
+class FinetuneTrainParams(TrainParams):
+    """Fine-tuning defaults: a lower learning rate, a short schedule, dropout, early stopping."""
+
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW); lower than pretraining.")
+    min_lr: float = Field(5e-5, ge=0, description="Learning rate at the end of the cosine decay.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    eval_interval: int = Field(25, ge=1, description="Steps between validations (and early-stopping checks).")
+    patience: int | None = Field(4, ge=1, description="Stop after this many validations without improvement.")
+    checkpoint_interval: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
+
+
+class FinetuneConfig(BaseModel):
+    """Stage two: from the pretrained checkpoint, on a narrower set of prompt/response pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Run fine-tuning after pretraining.")
+    data: SftDataParams = Field(default_factory=SftDataParams, description="Prompt/response pairs.")
+    train: FinetuneTrainParams = Field(default_factory=FinetuneTrainParams, description="Optimizer, schedule, budgets.")
+    lora: LoraParams | None = Field(None, description="Train LoRA adapters instead of all weights (merged for export).")
+
+
+class PipelineConfig(CurateConfig):
+    """The whole pipeline: curate -> tokenize -> pretrain -> finetune -> evaluate -> export."""
+
+    tokenize: TokenizeParams = Field(default_factory=TokenizeParams, description="BPE tokenizer, encoding, train/val split.")
+    pretrain: TrainParams = Field(default_factory=TrainParams, description="Next-token pretraining.")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Supervised fine-tuning.")
+    evaluate: EvalParams = Field(default_factory=EvalParams, description="Metrics, samples and the promotion gate.")
+
+
 # Every flow config; a preset file may hold sections for any of them.
-FLOW_CONFIGS: list[type[BaseModel]] = [CurateConfig]
+FLOW_CONFIGS: list[type[BaseModel]] = [CurateConfig, PipelineConfig]
 
 C = TypeVar("C", bound=BaseModel)
 

@@ -113,10 +113,6 @@ def fingerprint(stage: str, version: str, params: Any, inputs: Sequence[str] = (
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def dataset_dir(workdir: str | Path, stage: str, fp: str) -> Path:
-    return Path(workdir) / "datasets" / stage / fp
-
-
 def is_complete(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 

@@ -22,7 +22,8 @@ Deviations from datatrove, all for speed and all measured by
 - Words: datatrove tokenizes English with spaCy (``spacy.blank("en")``); here one
   regex approximates spaCy's rules (punctuation split off words, ``n't``/``'s``
   contractions split, hyphens between words as tokens, numbers, URLs, e-mails and
-  common abbreviations kept whole).
+  common abbreviations kept whole). polars extracts with a small pattern and falls back to
+  the full one only for the whitespace-separated pieces where the two disagree.
 - Sentences (C4's ``min_num_sentences``): datatrove runs spaCy's sentencizer on every
   kept line; here a sentence ends at ``.``/``!``/``?`` standing as a token before the
   next word, which is what the sentencizer does on spaCy's tokens.

@@ -24,7 +24,6 @@ from data_quality import DataQualityError, ValidationSettings, validate_shard, v
 from tasks.dataset import (
     DatasetRef,
     ShardStats,
-    dataset_dir,
     discard_incomplete,
     finalize_dataset,
     fingerprint,
@@ -79,10 +78,12 @@ class StageWork:
         return StageWork(self.stage, self.fingerprint, self.out_dir, unit)
 
 
-def plan_stage(workdir: str | Path, stage: str, version: str, params: Any, inputs: Sequence[str]) -> StageWork:
-    """Compute a stage's output fingerprint and directory; garbage from a crash is cleared."""
+def plan_stage(
+    workdir: str | Path, stage: str, version: str, params: Any, inputs: Sequence[str], area: str = "datasets"
+) -> StageWork:
+    """Compute a stage's output fingerprint and its directory ``<workdir>/<area>/<stage>/<fp>``."""
     fp = fingerprint(stage, version, params, inputs)
-    out = dataset_dir(workdir, stage, fp)
+    out = Path(workdir) / area / stage / fp
     if not is_complete(out):
         # Shard outputs with their stats marker survive: a rerun resumes after them.
         out.mkdir(parents=True, exist_ok=True)

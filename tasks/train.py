@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +20,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.gpt import GPT, GPTConfig
+from models.checkpoint import load_checkpoint, load_config, save_checkpoint
+from models.gpt import GPT, GPTConfig, apply_lora, merge_lora
 
 VERSION = "1"
 
@@ -112,9 +109,9 @@ def batch_at(
     seq = data[rows].astype(np.int64)  # (B, block + 1)
     m = mask[rows][:, 1:].astype(np.float32)  # the mask of each target token
     return (
-        torch.from_numpy(seq[:, :-1]).to(device),
-        torch.from_numpy(seq[:, 1:]).to(device),
-        torch.from_numpy(m).to(device),
+        torch.from_numpy(np.ascontiguousarray(seq[:, :-1])).to(device),
+        torch.from_numpy(np.ascontiguousarray(seq[:, 1:])).to(device),
+        torch.from_numpy(np.ascontiguousarray(m)).to(device),
     )
 
 
@@ -126,7 +123,7 @@ def estimate_loss(model: GPT, batches: Batches, p: TrainParams, block: int, devi
     for split, data, mask in (("train", batches.train, batches.train_mask), ("val", batches.val, batches.val_mask)):
         losses = []
         for k in range(p.eval_batches):
-            x, y, m = batch_at(data, mask, block, p.batch_size, p.seed + 1, -1, k, device)
+            x, y, m = batch_at(data, mask, block, p.batch_size, p.seed + 1, 0, k, device)  # fixed held-out batches
             with ctx:
                 _, loss = model(x, y, loss_mask=m)
             losses.append(loss.item())
@@ -147,6 +144,18 @@ class TrainResult(BaseModel):
     model_config_json: dict[str, Any]
 
 
+class LoraParams(BaseModel):
+    """Low-rank adapters: train few parameters on top of frozen pretrained weights, merged for export."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, ge=1, description="Rank of the adapters.")
+    alpha: float = Field(16.0, gt=0, description="Scale: the update is (alpha / rank) * B A.")
+    targets: list[str] = Field(
+        default_factory=lambda: ["q", "k", "v", "o"], description="Linear layers that get adapters (q k v o gate up down)."
+    )
+
+
 def train(
     out_dir: Path,
     batches: Batches,
@@ -154,8 +163,12 @@ def train(
     vocab_size: int,
     init_from: Path | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    lora: LoraParams | None = None,
 ) -> TrainResult:
-    """Train into ``out_dir``; resumes from ``out_dir/checkpoints/last`` when a previous attempt left one."""
+    """Train into ``out_dir``; resumes from ``out_dir/checkpoints/last`` when a previous attempt left one.
+
+    ``checkpoints/best`` ends as a plain model (LoRA adapters merged), ready to load or export.
+    """
     device = resolve_device(params)
     if params.threads:
         torch.set_num_threads(params.threads)
@@ -164,14 +177,16 @@ def train(
     cfg = _model_config(params, vocab_size, init_from)
     model = GPT(cfg).to(device)
     if init_from is not None and not last.exists():
-        load_checkpoint(init_from, model)  # transfer learning: start from pretrained weights
+        load_checkpoint(init_from, model, restore_rng=False)  # transfer learning: start from pretrained weights
+    if lora is not None:
+        apply_lora(model, lora.rank, lora.alpha, targets=tuple(lora.targets))
     optimizer = torch.optim.AdamW(
         model.param_groups(params.weight_decay), lr=params.lr, betas=(params.beta1, params.beta2), fused=False
     )
     state = {"step": 0, "best_val_loss": float("inf"), "best_step": 0, "bad_evals": 0, "tokens_seen": 0, "seconds": 0.0}
-    if last.exists():
+    if last.exists():  # a killed or retried attempt: continue where its last checkpoint left off
         state = load_checkpoint(last, model, optimizer)["train"]
-        _restore_rng(state.pop("rng"))
+        _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
     ctx = _autocast(params, device)
     runnable = torch.compile(model) if params.compile else model
     block = cfg.block_size
@@ -190,7 +205,7 @@ def train(
                 progress(step, record)
             if losses["val_loss"] < state["best_val_loss"] - params.min_delta:
                 state.update(best_val_loss=losses["val_loss"], best_step=step, bad_evals=0)
-                save_checkpoint(best, model, None, _state(state, step, cfg))
+                save_checkpoint(best, model, None, _state(state, step))
             else:
                 state["bad_evals"] += 1
                 if params.patience is not None and state["bad_evals"] >= params.patience:
@@ -211,15 +226,19 @@ def train(
         state["tokens_seen"] += tokens_per_step
         state["seconds"] = time.perf_counter() - started
         if step % params.checkpoint_interval == 0:
-            save_checkpoint(last, model, optimizer, _state(state, step, cfg))
+            save_checkpoint(last, model, optimizer, _state(state, step))
         if params.max_seconds and state["seconds"] >= params.max_seconds:
             stopped = "max_seconds"
             break
     state["step"] = step
     metrics.close()
     if not best.exists():  # never validated (budget spent before the first eval): keep the final weights
-        save_checkpoint(best, model, None, _state(state, step, cfg))
-    save_checkpoint(last, model, optimizer, _state(state, step, cfg))
+        save_checkpoint(best, model, None, _state(state, step))
+    save_checkpoint(last, model, optimizer, _state(state, step))
+    if lora is not None:
+        load_checkpoint(best, model, restore_rng=False)
+        merge_lora(model)
+        save_checkpoint(best, model, None, _state(state, step))
     return TrainResult(
         out_dir=str(out_dir),
         steps=step,
@@ -229,15 +248,16 @@ def train(
         tokens_seen=state["tokens_seen"],
         seconds=state["seconds"],
         flops=float(model.flops_per_token() * state["tokens_seen"]),
-        model_config_json=cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg.__dict__),
+        model_config_json=cfg.to_dict(),
     )
 
 
 def _model_config(params: TrainParams, vocab_size: int, init_from: Path | None) -> GPTConfig:
     if init_from is None:
         return params.model.build(vocab_size)
-    saved = json.loads((init_from / "state.json").read_text())["model_config"]
-    return GPTConfig(**{**saved, "dropout": params.model.overrides.get("dropout", saved.get("dropout", 0.0))})
+    saved = load_config(init_from)
+    # The architecture is the checkpoint's; regularization is this run's to choose.
+    return GPTConfig.from_dict({**saved, "dropout": params.model.overrides.get("dropout", saved["dropout"])})
 
 
 def _autocast(params: TrainParams, device: str) -> Any:
@@ -247,20 +267,14 @@ def _autocast(params: TrainParams, device: str) -> Any:
     return torch.autocast(device_type="cpu", enabled=False)
 
 
-def _state(state: dict[str, Any], step: int, cfg: GPTConfig) -> dict[str, Any]:
-    train_state = {**state, "step": step, "rng": _rng_state()}
-    cfg_json = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg.__dict__)
-    return {"train": train_state, "model_config": cfg_json}
+def _state(state: dict[str, Any], step: int) -> dict[str, Any]:
+    """What a checkpoint carries besides tensors (save_checkpoint adds RNG states and the model config)."""
+    return {"train": {**state, "step": step}}
 
 
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state().tolist(),
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-
-
-def _restore_rng(rng: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-    version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] < step]
+    path.write_text("".join(l + "\n" for l in lines))

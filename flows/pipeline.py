@@ -1,0 +1,60 @@
+"""The whole pipeline as one Prefect flow with subflows: curate -> train -> evaluate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from flows.config import PipelineConfig
+from flows.curate import curate
+from flows.train import Evaluation, TrainedModels, evaluate_flow, train_flow
+
+Until = Literal["curate", "tokenize", "pretrain", "finetune", "evaluate", "export"]
+
+
+class PipelineResult(BaseModel):
+    corpus: str
+    card: str
+    models: TrainedModels | None = None
+    evaluation: Evaluation | None = None
+
+    def result_dir(self, until: Until) -> str:
+        """The directory of the last stage asked for: what the CLI prints last."""
+        if until == "curate" or self.models is None:
+            return self.corpus
+        if until == "tokenize":
+            return self.models.tokens
+        if until == "pretrain":
+            return self.models.pretrained
+        if until == "finetune":
+            return self.models.finetuned or self.models.pretrained
+        assert self.evaluation is not None
+        if until == "evaluate":
+            return self.evaluation.report
+        return self.evaluation.export or self.evaluation.report
+
+
+@flow(name="pipeline", log_prints=True, persist_result=True)
+def pipeline(config: PipelineConfig | None = None, until: Until = "export") -> PipelineResult:
+    """Raw text to a trained, evaluated, exported model; every stage cached and validated."""
+    config = config or PipelineConfig()
+    curated = curate(config)
+    if until == "curate":
+        return PipelineResult(corpus=curated.corpus, card=curated.card)
+    models = train_flow(config, curated.corpus, until="finetune" if until in ("evaluate", "export") else until)
+    if until in ("tokenize", "pretrain", "finetune"):
+        return PipelineResult(corpus=curated.corpus, card=curated.card, models=models)
+    evaluation = evaluate_flow(config, models, curated.card, export=until == "export")
+    logger = get_run_logger()
+    logger.info("model: %s", models.finetuned or models.pretrained)
+    logger.info("report: %s; data card: %s", evaluation.report, curated.card)
+    if evaluation.export:
+        logger.info("export: %s (%s)", evaluation.export, "promoted" if evaluation.promoted else "not promoted")
+    return PipelineResult(corpus=curated.corpus, card=curated.card, models=models, evaluation=evaluation)
+
+
+if __name__ == "__main__":
+    result = pipeline()
+    print(result.result_dir("export"))

@@ -1,0 +1,101 @@
+"""Training flows: tokenize -> pretrain -> finetune, and evaluate -> export -> promote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel
+
+from flows.config import PipelineConfig
+from tasks.dataset import DatasetRef, write_json
+from tasks.modeling import ModelRef, evaluate_model, export_model, finetune_model, model_work, pretrain_model
+from tasks.model_card import render_model_card
+from tasks.sft import SftDatasetRef, run_sft_data
+from tasks.stage import plan_stage
+from tasks.tokenize import TokenDatasetRef, run_tokenize
+
+PROMOTED = "promoted.json"
+
+
+class TrainedModels(BaseModel):
+    tokens: str
+    pretrained: str
+    finetuned: str | None = None
+    sft: str | None = None
+
+
+@flow(name="train", log_prints=True, persist_result=True)
+def train_flow(config: PipelineConfig, corpus: str, until: str = "finetune") -> TrainedModels:
+    """Tokenize the corpus, pretrain on next-token prediction, then fine-tune on pairs."""
+    workdir, checks = config.workdir, config.validation
+    corpus_ref = DatasetRef(stage="dedup", fingerprint=Path(corpus).name, path=corpus)
+
+    tokens = run_tokenize(workdir, corpus_ref, config.tokenize, checks)
+    if until == "tokenize":
+        return TrainedModels(tokens=tokens.path, pretrained="")
+    work = model_work(workdir, "pretrain", config.pretrain, [tokens.fingerprint])
+    pretrained = pretrain_model(work, tokens, config.pretrain)
+    if until == "pretrain" or not config.finetune.enabled:
+        return TrainedModels(tokens=tokens.path, pretrained=pretrained.path)
+
+    block = pretrained.load().config.block_size
+    sft = run_sft_data(workdir, tokens, config.finetune.data, block)
+    ft_params = {"train": config.finetune.train, "lora": config.finetune.lora}
+    work = model_work(workdir, "finetune", ft_params, [pretrained.fingerprint, sft.fingerprint])
+    finetuned = finetune_model(work, pretrained, sft, config.finetune.train, config.finetune.lora)
+    return TrainedModels(tokens=tokens.path, pretrained=pretrained.path, finetuned=finetuned.path, sft=sft.path)
+
+
+class Evaluation(BaseModel):
+    report: str  # the evaluation directory: metrics.json
+    metrics: dict[str, Any]
+    export: str | None
+    promoted: bool
+    reasons: list[str]
+
+
+@flow(name="evaluate", log_prints=True, persist_result=True)
+def evaluate_flow(config: PipelineConfig, models: TrainedModels, corpus_card: str | None = None, export: bool = True) -> Evaluation:
+    """Score the final model on held-out data, gate it, export it, promote it if the gate passes."""
+    workdir = config.workdir
+    tokens = TokenDatasetRef(path=models.tokens, fingerprint=Path(models.tokens).name)
+    sft = SftDatasetRef(path=models.sft, fingerprint=Path(models.sft).name) if models.sft else None
+    final_path = models.finetuned or models.pretrained
+    final = ModelRef(stage=Path(final_path).parent.name, fingerprint=Path(final_path).name, path=final_path)
+
+    work = plan_stage(workdir, "evaluate", "1", config.evaluate, [final.fingerprint, tokens.fingerprint], area="evals")
+    metrics = evaluate_model(work.for_unit(final.stage), final, tokens, sft, config.evaluate)
+    work = work.for_unit(final.stage)
+    if config.finetune.enabled and models.finetuned:  # the pretrained model too, to show what fine-tuning changed
+        base = ModelRef("pretrain", Path(models.pretrained).name, models.pretrained)
+        base_work = plan_stage(workdir, "evaluate", "1", config.evaluate, [base.fingerprint, tokens.fingerprint], area="evals")
+        evaluate_model(base_work.for_unit("pretrain"), base, tokens, sft, config.evaluate)
+    if not export:
+        return Evaluation(report=work.out_dir, metrics=metrics, export=None, promoted=False, reasons=["export skipped"])
+
+    card = render_model_card(config, final, metrics, corpus_card)
+    export_work = plan_stage(workdir, "export", "1", {"card": card}, [final.fingerprint], area="exports")
+    hf_dir = export_model(export_work, final, metrics, card)
+    promoted, reasons = promote(workdir, hf_dir, metrics)
+    return Evaluation(report=work.out_dir, metrics=metrics, export=hf_dir, promoted=promoted, reasons=reasons)
+
+
+@task(retries=2, retry_delay_seconds=[1, 5])
+def promote(workdir: str, hf_dir: str, metrics: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Move the promoted-model pointer to this export if the gate passed; else keep the old one and say why."""
+    logger = get_run_logger()
+    gate = metrics["gate"]
+    pointer = Path(workdir) / PROMOTED
+    entry = {"export": hf_dir, "model": metrics["model"], "val_bpb": metrics["val_bpb"], "val_loss": metrics["val_loss"]}
+    with open(Path(workdir) / "promotions.jsonl", "a") as log:
+        log.write(json.dumps({**entry, "promoted": gate["passed"], "failures": gate["failures"]}) + "\n")
+    if not gate["passed"]:
+        previous = json.loads(pointer.read_text())["export"] if pointer.exists() else "none"
+        logger.warning("not promoted (%s); the promoted model stays %s", "; ".join(gate["failures"]), previous)
+        return False, gate["failures"]
+    write_json(pointer, entry)
+    logger.info("promoted %s", hf_dir)
+    return True, []

@@ -1,0 +1,70 @@
+"""The model card (README.md of the Hugging Face export), generated from the run's own records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks.modeling import ModelRef
+
+
+def render_model_card(config: Any, model: ModelRef, metrics: dict[str, Any], data_card: str | None) -> str:
+    data = json.loads(Path(data_card).with_suffix(".json").read_text()) if data_card else {}
+    result = model.result()
+    profile = data.get("profile", {})
+    languages = list(profile.get("languages", {}))[:5] or ["en"]
+    licenses = profile.get("licenses", {})
+    header = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [lmwright, llama]",
+        "language: [" + ", ".join(languages) + "]",
+        "license: other",
+        "---",
+        "",
+        f"# {Path(model.path).name}",
+        "",
+        f"A {metrics['params']:,}-parameter Llama-architecture model trained with lmwright "
+        f"({model.stage}; {result['steps']} steps, stopped by {result['stopped']}).",
+        "",
+        "## Data",
+        "",
+    ]
+    if profile:
+        header.append(f"{profile.get('documents', 0):,} documents, {profile.get('chars', 0):,} characters after curation.")
+        header += ["", "| source | documents |", "|---|---:|"]
+        header += [f"| {k} | {v:,} |" for k, v in profile.get("sources", {}).items()]
+        header += ["", "| license | documents |", "|---|---:|"]
+        header += [f"| {k} | {v:,} |" for k, v in licenses.items()]
+        header += ["", "### Filters and what they removed", "", "| stage | in | removed | top reasons |", "|---|---:|---:|---|"]
+        for row in data.get("funnel", []):
+            top = sorted(row["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:3]
+            header.append(f"| {row['stage']} | {row['in']:,} | {row['rejected']:,} | {', '.join(f'{k} {v}' for k, v in top)} |")
+    header += [
+        "",
+        "## Evaluation (held-out)",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+    ]
+    for key in ("val_loss", "val_ppl", "val_bpb", "train_loss", "unigram_loss", "sft_response_loss"):
+        if key in metrics:
+            header.append(f"| {key} | {metrics[key]} |")
+    fit = metrics.get("fit", {})
+    if fit.get("reasons"):
+        header += ["", "Fit diagnosis: " + "; ".join(fit["reasons"])]
+    header += [
+        "",
+        "## Training",
+        "",
+        f"Tokens seen: {result['tokens_seen']:,}; training FLOPs: {result['flops']:.3g}; "
+        f"wall clock: {result['seconds']:.0f} s; {result.get('tokens_per_second', 0):,.0f} tokens/s.",
+        "",
+        "## Limitations",
+        "",
+        "A small model trained on a small corpus: it produces fluent-looking but unreliable text. "
+        "Do not use it for decisions about people.",
+    ]
+    return "\n".join(header) + "\n"

@@ -1,0 +1,250 @@
+"""Training, evaluation and export as cached Prefect tasks over model directories.
+
+``<workdir>/models/<stage>/<fingerprint>/`` holds ``checkpoints/{last,best}``,
+``metrics.jsonl``, ``loss.png``, ``result.json`` and ``manifest.json`` (written last).
+A retried or re-run training task resumes from ``checkpoints/last``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from models.checkpoint import load_checkpoint, load_config
+from models.export import export_hf
+from models.gpt import GPT, GPTConfig
+from tasks.dataset import write_json
+from tasks.evaluate import (
+    EvalParams,
+    fit_diagnosis,
+    gate_failures,
+    heldout_loss,
+    read_history,
+    response_loss,
+    samples,
+    unigram_loss,
+)
+from tasks.sft import SftDatasetRef
+from tasks.stage import StageWork, plan_stage, stage_task
+from tasks.tokenize import TokenDatasetRef, load_tokenizer
+from tasks.train import Batches, LoraParams, TrainParams, TrainResult, resolve_device, train
+
+VERSION = "1"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}\n"
+    "{% elif m['role'] == 'assistant' %}<|assistant|>\n{{ m['content'] }}<|endoftext|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A finished training run: its directory and what it was trained on."""
+
+    stage: str
+    fingerprint: str
+    path: str
+
+    @property
+    def best(self) -> Path:
+        return Path(self.path) / "checkpoints" / "best"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return Path(self.path) / "tokenizer.json"
+
+    def result(self) -> dict[str, Any]:
+        return json.loads((Path(self.path) / "result.json").read_text())
+
+    def load(self, device: str = "cpu") -> GPT:
+        model = GPT(GPTConfig.from_dict(load_config(self.best))).to(device)
+        load_checkpoint(self.best, model, restore_rng=False)
+        return model.eval()
+
+
+def model_work(workdir: str | Path, stage: str, params: Any, inputs: list[str]) -> StageWork:
+    return plan_stage(workdir, stage, VERSION, params, inputs, area="models")
+
+
+class TrainingProgress:
+    """A Prefect progress artifact plus a terminal bar, updated at every validation."""
+
+    def __init__(self, stage: str, max_steps: int):
+        self.stage, self.max_steps = stage, max_steps
+        self.artifact = create_progress_artifact(
+            progress=0.0, key=f"{stage}-progress", description=f"{stage}: share of max_steps done"
+        )
+        self.logger = get_run_logger()
+        self.started = time.perf_counter()
+
+    def __call__(self, step: int, record: dict[str, float]) -> None:
+        pct = 100.0 * step / self.max_steps
+        if self.artifact is not None:
+            update_progress_artifact(self.artifact, progress=pct)
+        bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
+        self.logger.info(
+            "%s [%s] step %d/%d  train %.4f  val %.4f  lr %.2e  %.0fs",
+            self.stage, bar, step, self.max_steps, record["train_loss"], record["val_loss"], record["lr"], record["seconds"],
+        )
+
+
+def plot_losses(model_dir: Path) -> Path | None:
+    history = read_history(model_dir)
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, [r["train_loss"] for r in history], label="train")
+    ax.plot(steps, [r["val_loss"] for r in history], label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = model_dir / "loss.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _finish(work: StageWork, result: TrainResult, extra: dict[str, Any]) -> ModelRef:
+    out = Path(work.out_dir)
+    plot_losses(out)
+    tps = result.tokens_seen / max(result.seconds, 1e-9)
+    summary = {**result.model_dump(), "tokens_per_second": round(tps, 1), **extra}
+    write_json(out / "result.json", summary)
+    write_json(work.marker, {"stage": work.stage, "fingerprint": work.fingerprint, "version": VERSION, **extra})
+    get_run_logger().info(
+        "%s: %d steps (%s), best val loss %.4f at step %d, %.0f tokens/s",
+        work.stage, result.steps, result.stopped, result.best_val_loss, result.best_step, tps,
+    )
+    return ModelRef(work.stage, work.fingerprint, str(out))
+
+
+@stage_task(task_run_name="{work.stage}", retries=2)
+def pretrain_model(work: StageWork, tokens: TokenDatasetRef, params: TrainParams, init_from: str | None = None) -> ModelRef:
+    """Next-token training on the token arrays (from scratch, or continuing a checkpoint)."""
+    if work.done():
+        return ModelRef(work.stage, work.fingerprint, work.out_dir)
+    out = Path(work.out_dir)
+    (out / "tokenizer.json").write_bytes((Path(tokens.path) / "tokenizer.json").read_bytes())
+    batches = Batches(train=tokens.train_tokens(), val=tokens.val_tokens())
+    vocab = tokens.meta()["vocab_size"]
+    result = train(out, batches, params, vocab, Path(init_from) if init_from else None, TrainingProgress(work.stage, params.max_steps))
+    return _finish(work, result, {"tokens": tokens.path, "init_from": init_from})
+
+
+@stage_task(task_run_name="{work.stage}", retries=2)
+def finetune_model(
+    work: StageWork, base: ModelRef, sft: SftDatasetRef, params: TrainParams, lora: LoraParams | None
+) -> ModelRef:
+    """Supervised fine-tuning from a pretrained checkpoint, loss on response tokens only."""
+    if work.done():
+        return ModelRef(work.stage, work.fingerprint, work.out_dir)
+    out = Path(work.out_dir)
+    (out / "tokenizer.json").write_bytes(base.tokenizer_path.read_bytes())
+    train_ids, train_mask = sft.arrays("train")
+    val_ids, val_mask = sft.arrays("val")
+    batches = Batches(train=train_ids, val=val_ids, train_mask=train_mask, val_mask=val_mask)
+    vocab = load_config(base.best)["vocab_size"]
+    result = train(out, batches, params, vocab, base.best, TrainingProgress(work.stage, params.max_steps), lora=lora)
+    return _finish(work, result, {"base": base.path, "sft": sft.path, "lora": lora.model_dump() if lora else None})
+
+
+@stage_task(task_run_name="evaluate-{work.unit}")
+def evaluate_model(
+    work: StageWork, model_ref: ModelRef, tokens: TokenDatasetRef, sft: SftDatasetRef | None, params: EvalParams
+) -> dict[str, Any]:
+    """Held-out loss, perplexity, bits per byte, fit diagnosis, samples and the promotion gate."""
+    out = Path(work.out_dir)
+    if work.done():
+        return json.loads((out / "metrics.json").read_text())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model_ref.load(device)
+    meta = tokens.meta()
+    val_loss, scored = heldout_loss(model, tokens.val_tokens(), params, device)
+    train_loss, _ = heldout_loss(model, tokens.train_tokens(), params, device)
+    unigram = unigram_loss(np.asarray(tokens.train_tokens()), np.asarray(tokens.val_tokens()), meta["vocab_size"])
+    bytes_per_token = meta["bytes_per_token"]["val"]
+    history = read_history(Path(model_ref.path))
+    fit = fit_diagnosis(history, val_loss, unigram, params)
+    metrics: dict[str, Any] = {
+        "model": model_ref.path,
+        "stage": model_ref.stage,
+        "val_loss": round(val_loss, 5),
+        "val_ppl": round(math.exp(val_loss), 3),
+        "val_bpb": round(val_loss / math.log(2) / bytes_per_token, 5),
+        "train_loss": round(train_loss, 5),
+        "unigram_loss": round(unigram, 5),
+        "val_tokens_scored": scored,
+        "bytes_per_token": bytes_per_token,
+        "params": model.num_params(non_embedding=False),
+        "overfitting": fit["overfitting"],
+        "underfitting": fit["underfitting"],
+        "fit": fit,
+    }
+    if sft is not None:
+        ids, mask = sft.arrays("val")
+        metrics["sft_response_loss"] = round(response_loss(model, ids, mask, params.batch_size, device), 5)
+    metrics["samples"] = samples(model, load_tokenizer(model_ref.tokenizer_path), params, device)
+    failures = gate_failures(metrics, params.gate)
+    metrics["gate"] = {"passed": not failures, "failures": failures}
+    write_json(out / "metrics.json", metrics)
+    _publish_metrics(work.unit or "model", metrics)
+    write_json(work.marker, {"stage": "evaluate", "fingerprint": work.fingerprint})
+    return metrics
+
+
+def _publish_metrics(name: str, metrics: dict[str, Any]) -> None:
+    rows = [
+        {"metric": k, "value": metrics[k]}
+        for k in ("val_loss", "val_ppl", "val_bpb", "train_loss", "unigram_loss", "sft_response_loss", "overfitting", "underfitting", "params")
+        if k in metrics
+    ]
+    create_table_artifact(table=rows, key=f"metrics-{name}", description=f"Evaluation of {metrics['model']}")
+    lines = [f"# Samples ({name})", ""]
+    for s in metrics["samples"]:
+        lines += [f"**{s['prompt']!r}** → {s['completion']!r}", ""]
+    gate = metrics["gate"]
+    lines += ["## Promotion gate", "", "passed" if gate["passed"] else "failed: " + "; ".join(gate["failures"])]
+    create_markdown_artifact(markdown="\n".join(lines), key=f"samples-{name}")
+
+
+@stage_task(task_run_name="export")
+def export_model(work: StageWork, model_ref: ModelRef, metrics: dict[str, Any], model_card: str) -> str:
+    """A Hugging Face directory (LlamaForCausalLM + tokenizer files + model card)."""
+    out = Path(work.out_dir)
+    if work.done():
+        return str(out / "hf")
+    model = model_ref.load("cpu")
+    export_hf(
+        model,
+        model.config,
+        model_ref.tokenizer_path,
+        out / "hf",
+        model_card=model_card,
+        additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"],
+        chat_template=CHAT_TEMPLATE,
+    )
+    write_json(out / "hf" / "metrics.json", {k: v for k, v in metrics.items() if k != "samples"})
+    write_json(work.marker, {"stage": "export", "fingerprint": work.fingerprint})
+    return str(out / "hf")
