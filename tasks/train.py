@@ -170,6 +170,7 @@ def train(
     ``checkpoints/best`` ends as a plain model (LoRA adapters merged), ready to load or export.
     """
     device = resolve_device(params)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if params.threads:
         torch.set_num_threads(params.threads)
     last, best = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"

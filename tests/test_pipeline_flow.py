@@ -1,0 +1,104 @@
+"""The whole pipeline under Prefect: curate -> tokenize -> pretrain -> finetune -> evaluate -> export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from flows.config import PipelineConfig, load_config
+from flows.pipeline import pipeline
+from tasks.modeling import ModelRef
+from tests.test_curate_flow import by_stage, task_states
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def small_config(workdir: Path, shared_data: Path, *extra: str) -> PipelineConfig:
+    book = shared_data / "gutenberg" / "pg1342_pride_and_prejudice.txt"
+    pairs = shared_data / "instructions" / "gsm8k_train.jsonl"
+    return load_config(
+        PipelineConfig,
+        "tiny",
+        [
+            f"ingest.sources=[{book}]",
+            "ingest.text_split=paragraph",
+            "quality.gopher_quality.min_doc_words=20",
+            "quality.c4.min_num_sentences=1",
+            "tokenize.vocab_size=512",
+            "pretrain.model.overrides={n_layer: 2, n_embd: 64, n_head: 2, block_size: 64}",
+            "pretrain.max_steps=30",
+            "pretrain.eval_interval=10",
+            "pretrain.batch_size=8",
+            f"finetune.data.sources=[{pairs}]",
+            "finetune.data.max_pairs=300",
+            "finetune.train.max_steps=10",
+            "finetune.train.eval_interval=5",
+            "finetune.lora={rank: 4}",
+            "evaluate.max_tokens=5000",
+            "evaluate.gate.min_gain_over_unigram=null",
+            "evaluate.gate.max_val_bpb=100",
+            *extra,
+        ],
+        workdir=str(workdir),
+    )
+
+
+def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path) -> None:
+    config = small_config(tmp_path / "w", shared_data)
+    state = pipeline(config, return_state=True)
+    result = state.result()
+    ev = result.evaluation
+    metrics = json.loads((Path(ev.report) / "metrics.json").read_text())
+    for key in ("val_loss", "val_ppl", "val_bpb", "sft_response_loss", "unigram_loss"):
+        assert metrics[key] > 0, key
+    assert metrics["val_ppl"] == pytest.approx(torch.tensor(metrics["val_loss"]).exp().item(), rel=1e-3)
+    assert len(metrics["samples"]) == 3
+    assert ev.promoted and json.loads((tmp_path / "w" / "promoted.json").read_text())["export"] == ev.export
+    hf = Path(ev.export)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
+        assert (hf / name).is_file(), name
+    assert "## Evaluation" in (hf / "README.md").read_text()
+    assert (Path(result.models.pretrained) / "loss.png").stat().st_size > 1000
+
+    # the fine-tuned model starts from the pretrained weights (transfer), with LoRA merged away
+    ft = ModelRef("finetune", Path(result.models.finetuned).name, result.models.finetuned)
+    assert not any("lora" in k for k in ft.load().state_dict())
+
+    # an immediate rerun: every task of every subflow is a cache hit
+    again = pipeline(config, return_state=True)
+    assert again.result().evaluation.export == ev.export
+    states = _all_task_states(again.state_details.flow_run_id)
+    assert {"ingest", "tokenize", "pretrain", "sft", "finetune", "evaluate", "export"} <= set(by_stage(states))
+    subflow_runs = {"curate-0", "train-0", "evaluate-0"}  # the parent's records of its subflows
+    not_cached = {k: v for k, v in states.items() if v != "Cached" and k not in subflow_runs and not k.startswith("promote")}
+    assert not not_cached, not_cached
+
+
+def _all_task_states(parent_flow_run_id) -> dict[str, str]:
+    """Task states of a flow run and of its subflow runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id]))
+        )
+    states: dict[str, str] = {}
+    for run_id in [parent_flow_run_id, *[c.id for c in children]]:
+        states.update(task_states(run_id))
+    return states
+
+
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path: Path, shared_data: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = small_config(tmp_path / "w", shared_data, "finetune.enabled=false")
+    result = pipeline(config)
+    ours = ModelRef("pretrain", Path(result.models.pretrained).name, result.models.pretrained).load()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(result.evaluation.export).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(result.evaluation.export)
+    ids = torch.tensor([tok("It is a truth universally acknowledged")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(ours(ids)[0], hf(ids).logits, atol=1e-4)
