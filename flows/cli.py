@@ -20,6 +20,7 @@ COMMANDS = {
     "finetune": "... -> fine-tuning from the pretrained model",
     "evaluate": "... -> held-out metrics (metrics.json), samples, gate",
     "run": "the whole pipeline: curate -> tokenize -> pretrain -> finetune -> evaluate -> export",
+    "serve": "serve the pipeline, curate and nightly refresh deployments from this process (Prefect UI triggers them)",
 }
 
 
@@ -34,7 +35,9 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--config", help="preset name (tiny, small, gpt2-124m) or a YAML file")
         c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                        help="override one config field, value parsed as YAML (repeatable)")
-        if name != "curate":
+        if name == "serve":
+            c.add_argument("--no-schedule", action="store_true", help="serve refresh without its nightly schedule")
+        elif name != "curate":
             c.add_argument("--max-seconds", type=float, help="wall-clock budget of the training stage")
             c.add_argument("--max-steps", type=int, help="optimizer steps of the training stage")
     return p
@@ -71,6 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     Path(config.workdir).mkdir(parents=True, exist_ok=True)
     config = config.model_copy(update={"workdir": str(Path(config.workdir).resolve())})
+
+    if args.command == "serve":
+        from deployments.serve import serve_all
+
+        print("serving deployments pipeline/pipeline, curate/curate, refresh/refresh; Ctrl-C stops", file=sys.stderr)
+        serve_all(config, schedule_refresh=not args.no_schedule)
+        return 0
 
     from flows.runners import build_task_runner
 
