@@ -260,7 +260,7 @@ def current_stage(workdir: Path) -> str:
     return "card+exit"
 
 
-def run_flow(label: str, source: Path, base: Path, shard_docs: int, interval: float) -> dict[str, Any]:
+def run_flow(label: str, source: Path, base: Path, shard_docs: int, interval: float, extra: list[str]) -> dict[str, Any]:
     exe = shutil.which("lmwright") or str(Path(sys.executable).parent / "lmwright")
     workdir = base / f"flow-{label}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -269,6 +269,8 @@ def run_flow(label: str, source: Path, base: Path, shard_docs: int, interval: fl
            "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cmd = [exe, "curate", "--source", str(source), "--workdir", str(workdir), "--config", "tiny",
            "--set", "langid.languages=null", "--set", f"ingest.shard_docs={shard_docs}"]
+    for o in extra:
+        cmd += ["--set", o]
     print(f"\n$ {' '.join(cmd)}", flush=True)
     load_before = load()
     out_f, err_f = open(workdir / "stdout.txt", "w"), open(workdir / "stderr.txt", "w")
@@ -323,8 +325,9 @@ def mib(b: int) -> str:
     return f"{b / 2**20:.0f}"
 
 
-def flow_tables(runs: list[dict[str, Any]], shard_docs: int) -> None:
-    print(f"\n### lmwright curate (tiny preset, langid.languages=null, ingest.shard_docs={shard_docs})")
+def flow_tables(runs: list[dict[str, Any]], shard_docs: int, extra: list[str]) -> None:
+    more = "".join(f", {o}" for o in extra)
+    print(f"\n### lmwright curate (tiny preset, langid.languages=null, ingest.shard_docs={shard_docs}{more})")
     print("| input | shards | docs out | wall s | CLI peak RSS MiB | wait4 maxrss MiB | tree peak RSS MiB | tree peak PSS MiB | load avg (1 min) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in runs:
@@ -340,7 +343,7 @@ def flow_tables(runs: list[dict[str, Any]], shard_docs: int) -> None:
         f"{r['label']}: " + ", ".join(f"{k} {mib(v)}" for k, v in sorted(r["per_proc"].items())) for r in runs))
     if len(runs) >= 2:
         a, b = runs[0], runs[1]
-        for what in ("peak_main", "tree_rss", "tree_pss"):
+        for what in ("peak_main", "maxrss", "tree_rss", "tree_pss"):
             ratio = b[what] / a[what]
             verdict = "meets" if ratio <= 1.3 else "MISSES"
             print(f"peak RSS ratio {b['label']}/{a['label']} [{what}]: {ratio:.2f}x  (target <= 1.3x: {verdict})")
@@ -360,6 +363,8 @@ def main() -> int:
     ap.add_argument("--shard-docs", type=int, default=500, help="documents per shard (stage calls and ingest.shard_docs)")
     ap.add_argument("--repeat", type=int, default=2, help="best of N for each stage")
     ap.add_argument("--interval", type=float, default=0.1, help="RSS polling interval, seconds")
+    ap.add_argument("--flow-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="extra --set for the flow runs (repeatable), e.g. runner.max_workers=2")
     ap.add_argument("--workdir", type=Path, help="keep inputs and flow workdirs here (default: a temp dir, removed)")
     args = ap.parse_args()
     scales = [int(s) for s in args.scales.split(",") if s]
@@ -384,9 +389,9 @@ def main() -> int:
         from tasks.langid import shutdown_pool
 
         shutdown_pool()
-        runs = [run_flow(f"x{s}", inputs[s][1], base, args.shard_docs, args.interval) for s in flow_scales]
+        runs = [run_flow(f"x{s}", inputs[s][1], base, args.shard_docs, args.interval, args.flow_set) for s in flow_scales]
         if runs:
-            flow_tables(runs, args.shard_docs)
+            flow_tables(runs, args.shard_docs, args.flow_set)
     finally:
         if args.workdir is None:
             shutil.rmtree(base, ignore_errors=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +44,7 @@ from tasks.evaluate import (
 from tasks.sft import SftDatasetRef
 from tasks.stage import StageWork, plan_stage, stage_task
 from tasks.tokenize import TokenDatasetRef, load_tokenizer
-from tasks.train import Batches, LoraParams, TrainParams, TrainResult, resolve_device, train
+from tasks.train import LoraParams, TrainParams, TrainResult, train
 
 VERSION = "1"
 CHAT_TEMPLATE = (
@@ -126,6 +129,58 @@ def plot_losses(model_dir: Path) -> Path | None:
     return path
 
 
+def fit(
+    out: Path,
+    data: dict[str, Any],
+    params: TrainParams,
+    vocab: int,
+    init_from: Path | None,
+    progress: TrainingProgress,
+    lora: LoraParams | None = None,
+) -> TrainResult:
+    """Train in this process, or launch ``torchrun`` (DDP) when ``nproc * nnodes > 1``.
+
+    ``data`` says where examples come from ({kind: tokens, train, val, dtype} or
+    {kind: sft, dir}); the ranks read it themselves, so nothing large crosses processes.
+    """
+    from tasks.train_worker import load_batches
+
+    if params.nproc * params.nnodes == 1:
+        return train(out, load_batches({"data": data}), params, vocab, init_from, progress, lora=lora)
+    spec = {
+        "out_dir": str(out),
+        "data": data,
+        "params": params.model_dump(mode="json"),
+        "vocab_size": vocab,
+        "init_from": str(init_from) if init_from else None,
+        "lora": lora.model_dump() if lora else None,
+    }
+    write_json(out / "train_spec.json", spec)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={params.nproc}", f"--nnodes={params.nnodes}"]
+    cmd += ["--standalone"] if params.nnodes == 1 else [f"--rdzv_endpoint={params.rdzv_endpoint}", "--rdzv_backend=c10d"]
+    cmd += ["-m", "tasks.train_worker", str(out / "train_spec.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": str(params.threads or 1)}
+    proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+    seen = 0
+    while proc.poll() is None:  # relay the lead rank's validations to the progress artifact
+        time.sleep(1.0)
+        seen = _relay_progress(out / "metrics.jsonl", seen, progress)
+    _relay_progress(out / "metrics.jsonl", seen, progress)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun exited with {proc.returncode}: {' '.join(cmd)}")
+    return TrainResult.model_validate_json((out / "train_result.json").read_text())
+
+
+def _relay_progress(path: Path, seen: int, progress: TrainingProgress) -> int:
+    if not path.exists():
+        return seen
+    lines = path.read_text().splitlines()
+    for line in lines[seen:]:
+        record = json.loads(line)
+        progress(record["step"], record)
+    return len(lines)
+
+
 def _finish(work: StageWork, result: TrainResult, extra: dict[str, Any]) -> ModelRef:
     out = Path(work.out_dir)
     plot_losses(out)
@@ -147,9 +202,11 @@ def pretrain_model(work: StageWork, tokens: TokenDatasetRef, params: TrainParams
         return ModelRef(work.stage, work.fingerprint, work.out_dir)
     out = Path(work.out_dir)
     (out / "tokenizer.json").write_bytes((Path(tokens.path) / "tokenizer.json").read_bytes())
-    batches = Batches(train=tokens.train_tokens(), val=tokens.val_tokens())
-    vocab = tokens.meta()["vocab_size"]
-    result = train(out, batches, params, vocab, Path(init_from) if init_from else None, TrainingProgress(work.stage, params.max_steps))
+    meta = tokens.meta()
+    data = {"kind": "tokens", "train": str(Path(tokens.path) / "train.bin"), "val": str(Path(tokens.path) / "val.bin"),
+            "dtype": meta["dtype"]}
+    progress = TrainingProgress(work.stage, params.max_steps)
+    result = fit(out, data, params, meta["vocab_size"], Path(init_from) if init_from else None, progress)
     return _finish(work, result, {"tokens": tokens.path, "init_from": init_from})
 
 
@@ -162,11 +219,9 @@ def finetune_model(
         return ModelRef(work.stage, work.fingerprint, work.out_dir)
     out = Path(work.out_dir)
     (out / "tokenizer.json").write_bytes(base.tokenizer_path.read_bytes())
-    train_ids, train_mask = sft.arrays("train")
-    val_ids, val_mask = sft.arrays("val")
-    batches = Batches(train=train_ids, val=val_ids, train_mask=train_mask, val_mask=val_mask)
     vocab = load_config(base.best)["vocab_size"]
-    result = train(out, batches, params, vocab, base.best, TrainingProgress(work.stage, params.max_steps), lora=lora)
+    progress = TrainingProgress(work.stage, params.max_steps)
+    result = fit(out, {"kind": "sft", "dir": sft.path}, params, vocab, base.best, progress, lora=lora)
     return _finish(work, result, {"base": base.path, "sft": sft.path, "lora": lora.model_dump() if lora else None})
 
 

@@ -8,8 +8,10 @@ ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import os
 import time
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.checkpoint import load_checkpoint, load_config, save_checkpoint
@@ -65,6 +69,9 @@ class TrainParams(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (GPU).")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
+    nproc: int = Field(1, ge=1, description="Data-parallel processes per node (torchrun + DDP: gloo on CPU, NCCL on GPU).")
+    nnodes: int = Field(1, ge=1, description="Nodes taking part in data-parallel training.")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous when nnodes > 1.")
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,11 @@ def train(
 
     ``checkpoints/best`` ends as a plain model (LoRA adapters merged), ready to load or export.
     """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    lead = rank == 0  # only the lead rank writes checkpoints, metrics and progress
     device = resolve_device(params)
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     out_dir.mkdir(parents=True, exist_ok=True)
     if params.threads:
         torch.set_num_threads(params.threads)
@@ -189,10 +200,15 @@ def train(
         state = load_checkpoint(last, model, optimizer)["train"]
         _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
     ctx = _autocast(params, device)
+    if world > 1:  # dropout streams differ per rank (a single process keeps its restored RNG: exact resume)
+        torch.manual_seed(params.seed + 7919 * rank + state["step"])
     runnable = torch.compile(model) if params.compile else model
+    # DDP averages gradients across ranks; each rank draws its own micro-batches, so the
+    # global batch equals a single process's with grad_accum * world micro-batches.
+    trainable = DistributedDataParallel(runnable) if world > 1 else runnable
     block = cfg.block_size
-    tokens_per_step = params.batch_size * params.grad_accum * block
-    metrics = open(out_dir / "metrics.jsonl", "a")
+    tokens_per_step = params.batch_size * params.grad_accum * block * world
+    metrics = open(out_dir / "metrics.jsonl", "a") if lead else open(os.devnull, "w")
     started = time.perf_counter() - state["seconds"]
     stopped = "max_steps"
     step = state["step"]
@@ -202,11 +218,12 @@ def train(
             record = {"step": step, **losses, "lr": lr_at(step, params), "seconds": time.perf_counter() - started}
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
-            if progress:
+            if progress and lead:
                 progress(step, record)
             if losses["val_loss"] < state["best_val_loss"] - params.min_delta:
                 state.update(best_val_loss=losses["val_loss"], best_step=step, bad_evals=0)
-                save_checkpoint(best, model, None, _state(state, step))
+                if lead:
+                    save_checkpoint(best, model, None, _state(state, step))
             else:
                 state["bad_evals"] += 1
                 if params.patience is not None and state["bad_evals"] >= params.patience:
@@ -215,10 +232,12 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, params)
         for micro in range(params.grad_accum):
-            x, y, m = batch_at(batches.train, batches.train_mask, block, params.batch_size, params.seed, step, micro, device)
-            with ctx:
-                _, loss = runnable(x, y, loss_mask=m)
-            (loss / params.grad_accum).backward()
+            index = rank * params.grad_accum + micro
+            x, y, m = batch_at(batches.train, batches.train_mask, block, params.batch_size, params.seed, step, index, device)
+            sync = world == 1 or micro == params.grad_accum - 1  # all-reduce once per step, not per micro-batch
+            with ctx, (contextlib.nullcontext() if sync else trainable.no_sync()):
+                _, loss = trainable(x, y, loss_mask=m)
+                (loss / params.grad_accum).backward()
         if params.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
@@ -226,16 +245,23 @@ def train(
         step += 1
         state["tokens_seen"] += tokens_per_step
         state["seconds"] = time.perf_counter() - started
-        if step % params.checkpoint_interval == 0:
+        if step % params.checkpoint_interval == 0 and lead:
             save_checkpoint(last, model, optimizer, _state(state, step))
-        if params.max_seconds and state["seconds"] >= params.max_seconds:
+        if _out_of_time(params, state["seconds"], world):
             stopped = "max_seconds"
             break
     state["step"] = step
     metrics.close()
+    if not lead:
+        dist.barrier()  # wait for the lead's final checkpoints
+        return TrainResult(out_dir=str(out_dir), steps=step, best_val_loss=state["best_val_loss"], best_step=state["best_step"],
+                           stopped=stopped, tokens_seen=state["tokens_seen"], seconds=state["seconds"],
+                           flops=float(model.flops_per_token() * state["tokens_seen"]), model_config_json=cfg.to_dict())
     if not best.exists():  # never validated (budget spent before the first eval): keep the final weights
         save_checkpoint(best, model, None, _state(state, step))
     save_checkpoint(last, model, optimizer, _state(state, step))
+    if world > 1:
+        dist.barrier()
     if lora is not None:
         load_checkpoint(best, model, restore_rng=False)
         merge_lora(model)
@@ -251,6 +277,16 @@ def train(
         flops=float(model.flops_per_token() * state["tokens_seen"]),
         model_config_json=cfg.to_dict(),
     )
+
+
+def _out_of_time(params: TrainParams, seconds: float, world: int) -> bool:
+    """Budget check; with several ranks the lead's clock decides for all (clocks differ, steps must not)."""
+    spent = bool(params.max_seconds and seconds >= params.max_seconds)
+    if world == 1:
+        return spent
+    flag = torch.tensor([1 if spent else 0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _model_config(params: TrainParams, vocab_size: int, init_from: Path | None) -> GPTConfig:

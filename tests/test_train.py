@@ -115,3 +115,33 @@ def test_killed_training_resumes_to_identical_weights(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     logged = [json.loads(l)["step"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
     assert logged == sorted(set(logged))  # evaluations after the checkpoint were not logged twice
+
+
+def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+    """torchrun, 2 CPU ranks with gloo, batch 4 each == 1 process with 2 micro-batches of 4."""
+    from tasks.dataset import write_json
+
+    data = {"kind": "tokens", "train": str(tmp_path / "train.bin"), "val": str(tmp_path / "val.bin"), "dtype": "uint16"}
+    BATCHES.train.tofile(data["train"])
+    BATCHES.val.tofile(data["val"])
+    common = dict(max_steps=30, model=ModelSpec(preset="tiny", overrides={**TINY.overrides, "dropout": 0.0}))
+    single = train(tmp_path / "single", BATCHES, params(grad_accum=2, **common), VOCAB)
+
+    spec = {"out_dir": str(tmp_path / "ddp"), "data": data, "vocab_size": VOCAB, "init_from": None, "lora": None,
+            "params": params(grad_accum=1, nproc=2, **common).model_dump(mode="json")}
+    write_json(tmp_path / "spec.json", spec)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "tasks.train_worker", str(tmp_path / "spec.json")],
+        cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "train_result.json").read_text())
+    assert ddp["steps"] == single.steps == 30
+    assert ddp["tokens_seen"] == single.tokens_seen
+    curve = lambda d: [json.loads(l)["val_loss"] for l in (d / "metrics.jsonl").read_text().splitlines()]
+    a, b = curve(tmp_path / "single"), curve(tmp_path / "ddp")
+    assert len(a) == len(b)
+    # Same batches, same averaged gradients; only the order of float additions differs.
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
