@@ -2,14 +2,18 @@
 
     python benchmarks/dedup_bench.py [--data ../shared/data/web] [--scale 4]
 
-1. Signatures (one core, same run): our batched path (polars normalize + numpy tokenize +
-   SHA-1 + numpy permutations) vs datasketch's per-document path (normalize, shingle,
-   ``MinHash(num_perm, seed)``, ``update_batch``) on the corpus and on a x``scale`` copy
-   (every copy of a document has ~1% of its words replaced). Outputs are checked equal.
+1. Signatures (one core, same run): datasketch's per-document path with its default
+   SHA-1 hash (normalize, shingle, ``MinHash(num_perm, seed)``, ``update_batch``) vs our
+   batched path with the default ``word_mix`` shingle hash (polars normalize + split,
+   SHA-1 per distinct word, numpy murmur3 rounds + permutations) and with ``hash="sha1"``
+   (datasketch's own hash, one SHA-1 per shingle), on the corpus and on a x``scale`` copy
+   (every copy of a document has ~1% of its words replaced). Outputs are checked equal to
+   datasketch with the matching ``hashfunc`` (word_mix: on the first 100 documents).
 2. Quality: planted near-duplicates built from real documents (each distinct page once
    more with 0.2%..10% of its words replaced); truth = exact Jaccard of the 5-gram shingle
    sets >= 0.8; prediction = same dup_cluster. Pairs scored: planted pairs plus every pair
-   the clusters put together.
+   the clusters put together. Run with candidate verification by exact Jaccard of the
+   shingle-hash sets (default) and by the signature estimate.
 3. Peak memory of the cluster step (read all signature files + cluster), in a fresh process.
 """
 
@@ -32,7 +36,7 @@ from datasketch import MinHash
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.dedup import DedupParams, cluster_frame, read_signatures, signature_frame  # noqa: E402
-from tasks.minhash import minhash_signatures, normalize_expr, shingles  # noqa: E402
+from tasks.minhash import datasketch_hashfunc, minhash_signatures, normalize_expr, shingles  # noqa: E402
 
 
 def load(data: Path) -> list[str]:
@@ -55,13 +59,14 @@ def edit(text: str, frac: float, rng: random.Random) -> str:
 
 def ours(texts: list[str], p: DedupParams) -> np.ndarray:
     norm = pl.DataFrame({"text": texts}).select(normalize_expr())["text"].to_list()
-    return minhash_signatures(norm, p.num_perm, p.seed, p.ngram, p.scheme)[0]
+    return minhash_signatures(norm, p.num_perm, p.seed, p.ngram, p.scheme, hash=p.hash)[0]
 
 
-def datasketch_per_doc(texts: list[str], p: DedupParams) -> np.ndarray:
+def datasketch_per_doc(texts: list[str], p: DedupParams, hashfunc=None) -> np.ndarray:
+    """datasketch's per-document path; ``hashfunc=None`` is its default (SHA-1 of the shingle)."""
     out = []
     for t in texts:
-        m = MinHash(num_perm=p.num_perm, seed=p.seed, scheme=p.scheme)
+        m = MinHash(num_perm=p.num_perm, seed=p.seed, scheme=p.scheme, hashfunc=hashfunc)
         m.update_batch(shingles(" ".join(t.lower().split()), p.ngram))
         out.append(m.hashvalues)
     return np.array(out)
@@ -78,15 +83,26 @@ def best_of(fn, *args, reps: int = 3):
 
 def throughput(texts: list[str], label: str, p: DedupParams) -> None:
     mb = sum(len(t.encode()) for t in texts) / 1e6
-    t_ours, s_ours = best_of(ours, texts, p)
+    p_sha1 = p.model_copy(update={"hash": "sha1"})
     t_ds, s_ds = best_of(datasketch_per_doc, texts, p)
+    t_ours, s_ours = best_of(ours, texts, p)
+    t_sha1, s_sha1 = best_of(ours, texts, p_sha1)
     # datasketch lowercases with str.lower and splits on Python whitespace; compare on docs
     # where both normalizations agree (all but a handful with exotic whitespace).
-    same = np.all(s_ours == s_ds, axis=1).mean()
+    same_sha1 = np.all(s_sha1 == s_ds, axis=1).mean()
+    ref = datasketch_per_doc(texts[:100], p, datasketch_hashfunc(p.hash, p.scheme))
+    same_ours = np.all(s_ours[:100] == ref, axis=1).mean()
     print(
-        f"{label}: {len(texts)} docs {mb:.2f} MB | ours {mb / t_ours:6.2f} MB/s {len(texts) / t_ours:8.0f} docs/s"
-        f" | datasketch per-doc {mb / t_ds:5.2f} MB/s | speed-up x{t_ds / t_ours:.2f} | identical {same:.2%}"
+        f"{label}: {len(texts)} docs {mb:.2f} MB | datasketch per-doc (sha1) {mb / t_ds:5.2f} MB/s"
+        f" | ours {p.hash} {mb / t_ours:6.2f} MB/s {len(texts) / t_ours:7.0f} docs/s x{t_ds / t_ours:.2f}"
+        f" (identical to datasketch+hashfunc on 100 docs {same_ours:.0%})"
+        f" | ours sha1 {mb / t_sha1:5.2f} MB/s x{t_ds / t_sha1:.2f} (identical {same_sha1:.2%}) | load {load()}"
     )
+
+
+def load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def jaccard(a: str, b: str, n: int) -> float:
@@ -184,8 +200,11 @@ def main() -> None:
     print(f"params: {p.model_dump()}")
     throughput(texts, "corpus x1", p)
     throughput(scaled, f"corpus x{args.scale}", p)
-    quality(texts, p, [0.002, 0.005, 0.01, 0.05, 0.1])  # a few words changed, or clearly different
-    quality(texts, p, [0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1])  # 2-3% edits sit on Jaccard ~0.8
+    for verify in ("jaccard", "signature"):
+        q = p.model_copy(update={"verify": verify})
+        print(f"-- candidate verification: {verify}")
+        quality(texts, q, [0.002, 0.005, 0.01, 0.05, 0.1])  # a few words changed, or clearly different
+        quality(texts, q, [0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1])  # 2-3% edits sit on Jaccard ~0.8
     cluster_memory(texts, p, "x1")
     cluster_memory(scaled, p, f"x{args.scale}")
 

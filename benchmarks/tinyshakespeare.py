@@ -8,8 +8,10 @@ goes through the project's own code paths:
 
 1. tokenizer: ``tasks.tokenize.train_bpe`` (byte-level BPE) on the train part only;
 2. training:  ``tasks.train.train`` with ``TrainParams.max_seconds`` as the budget. The cosine
-   schedule must end when the budget does, so ``max_steps`` is set from a short timed
-   calibration (a few steps on a throwaway model, not counted in the budget);
+   schedule must end when the budget does: ``max_steps`` is first set from a short timed
+   calibration (a few steps on a throwaway model, not counted in the budget), then re-planned
+   at every validation from the throughput so far (``Replan``), because on a shared machine
+   the throughput moves during the run;
 3. scoring:   ``tasks.evaluate.heldout_loss`` of the final weights on the whole val part, in
    non-overlapping blocks (the first token of each block is predicted with no context);
    bits per byte = mean nats/token * val tokens / ln 2 / val UTF-8 bytes.

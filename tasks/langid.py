@@ -380,7 +380,9 @@ def shutdown_pool() -> None:
 def detect_all(texts: list[str | None], seed: int, processes: int) -> list[tuple[str | None, float | None]]:
     """``detect_batch`` over many texts, on the shared process pool when there is work for it."""
     n = processes or os.cpu_count() or 1
-    if n <= 1 or len(texts) <= _MIN_CHUNK:
+    # A daemonic process (a Dask or Ray worker) may not start children; there the
+    # cluster's workers are the parallelism, so detect in this process.
+    if n <= 1 or len(texts) <= _MIN_CHUNK or mp.current_process().daemon:
         return detect_batch(texts, seed)
     pool = _pool(n)
     size = min(_MAX_CHUNK, max(_MIN_CHUNK, -(-len(texts) // n)))

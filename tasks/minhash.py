@@ -86,20 +86,28 @@ def _fmix32(h: int) -> int:
     return h ^ (h >> 16)
 
 
+def murmur3_32(data: bytes, seed: int = 0) -> int:
+    """MurmurHash3_x86_32 (Austin Appleby's reference; equal to ``mmh3.hash(data, seed, signed=False)``)."""
+    h = seed & _M32
+    n = len(data) & ~3
+    for i in range(0, n, 4):
+        k = (int.from_bytes(data[i : i + 4], "little") * _C1) & _M32
+        k = (_rotl32(k, 15) * _C2) & _M32
+        h = (_rotl32(h ^ k, 13) * 5 + _N) & _M32
+    if len(data) > n:
+        k = (int.from_bytes(data[n:], "little") * _C1) & _M32
+        h ^= (_rotl32(k, 15) * _C2) & _M32
+    return _fmix32(h ^ len(data))
+
+
 def word_mix_hash32(shingle: bytes) -> int:
     """The ``word_mix`` hash of one shingle, as a datasketch ``hashfunc``.
 
-    MurmurHash3_x86_32 (seed 0) over the little-endian uint32 ``sha1_hash32`` of each word
+    ``murmur3_32`` (seed 0) of the little-endian uint32 ``sha1_hash32`` of each word
     (words: ``shingle.split(b" ")``). ``MinHash(..., hashfunc=word_mix_hash32)`` reproduces
     the batched signatures bit for bit.
     """
-    h = 0
-    words = shingle.split(b" ")
-    for w in words:
-        k = (sha1_hash32(w) * _C1) & _M32
-        k = (_rotl32(k, 15) * _C2) & _M32
-        h = (_rotl32(h ^ k, 13) * 5 + _N) & _M32
-    return _fmix32(h ^ (4 * len(words)))
+    return murmur3_32(b"".join(sha1_hash32(w).to_bytes(4, "little") for w in shingle.split(b" ")))
 
 
 def datasketch_hashfunc(hash: ShingleHash, scheme: Scheme) -> Callable[[bytes], int]:

@@ -20,10 +20,13 @@ from tasks.dedup import (
     apply_dedup,
     cluster_frame,
     connected_components,
+    jaccard_verified,
     run_dedup,
     signature_frame,
 )
-from tasks.minhash import minhash_signatures, normalize_expr, shingles
+from datasketch.hashfunc import sha1_hash32
+
+from tasks.minhash import datasketch_hashfunc, minhash_signatures, murmur3_32, normalize_expr, shingles, word_mix_hash32
 
 WEB = Path(__file__).resolve().parents[2] / "shared" / "data" / "web" / "cc_warc_2019_07_cclicensed_pages.jsonl"
 if not WEB.is_file():
@@ -87,26 +90,50 @@ def clusters_of(texts: list[str], params: DedupParams | None = None) -> pl.DataF
 EDGE_CASES = ["", "   \n\t ", "one", "Two Words", "a b c d", "a b c d e", "  Ünïcödé   TEXT \u00a0 here  ", "ΣΊΣΥΦΟΣ ΚΑΙ ΟΔΥΣΣΕΑΣ 日本語 テキスト 🙂"]
 
 
+@pytest.mark.parametrize("hash", ["word_mix", "sha1"])
 @pytest.mark.parametrize("scheme", ["affine32", "legacy", "affine64"])
-def test_signatures_bit_identical_to_datasketch(web_texts: list[str], scheme: str) -> None:
+def test_signatures_bit_identical_to_datasketch(web_texts: list[str], scheme: str, hash: str) -> None:
     texts = (web_texts[:300] if scheme != "affine32" else web_texts) + EDGE_CASES
     norm = normalized(texts)
-    # small batches so documents straddle several batch boundaries
-    ours, n_shingles = minhash_signatures(norm, num_perm=112, seed=1, ngram=5, scheme=scheme, batch_shingles=5000)
+    # small batches and chunks so documents straddle several batch and chunk boundaries
+    ours, n_shingles, hv = minhash_signatures(
+        norm, num_perm=112, seed=1, ngram=5, scheme=scheme, hash=hash, batch_shingles=5000, chunk=3000, return_hashes=True
+    )
+    hashfunc = datasketch_hashfunc(hash, scheme)
+    if hash == "sha1":  # datasketch's default: the peer needs no hashfunc argument
+        assert hashfunc is MinHash(num_perm=1, scheme=scheme).hashfunc
+    pos = 0
     for k, text in enumerate(norm):
-        m = MinHash(num_perm=112, seed=1, scheme=scheme)
+        m = MinHash(num_perm=112, seed=1, scheme=scheme, hashfunc=hashfunc)
         sh = shingles(text, 5)
         m.update_batch(sh)
         assert n_shingles[k] == len(sh)
         assert np.array_equal(ours[k].astype(np.uint64), m.hashvalues.astype(np.uint64)), f"doc {k} differs"
         assert ours[k].dtype.itemsize == m.hashvalues.dtype.itemsize or scheme == "legacy"
+        if k % 50 == 0 or k >= len(norm) - len(EDGE_CASES):  # the shingle hashes kept for exact Jaccard
+            assert hv[pos : pos + len(sh)].tolist() == [hashfunc(x) & 0xFFFFFFFF for x in sh]
+        pos += len(sh)
+    assert pos == hv.size
 
 
-def test_signature_parameters_configurable(web_texts: list[str]) -> None:
+def test_word_mix_hash_is_documented_murmur3() -> None:
+    # MurmurHash3_x86_32 reference vectors (SMHasher / mmh3)
+    assert murmur3_32(b"") == 0
+    assert murmur3_32(b"\0\0\0\0") == 0x2362F9DE
+    assert murmur3_32(b"Hello, world!", 0x9747B28C) == 0x24884CBA
+    assert murmur3_32(b"abc", 0x9747B28C) == 0xC84A62DD
+    words = [b"the", b"quick", b"br\xc3\xb6wn", b"fox", b"jumps"]
+    expected = murmur3_32(b"".join(sha1_hash32(w).to_bytes(4, "little") for w in words))
+    assert word_mix_hash32(b" ".join(words)) == expected
+    assert word_mix_hash32(b"a b c d e") != word_mix_hash32(b"a b c e d")  # order matters
+
+
+@pytest.mark.parametrize("hash", ["word_mix", "sha1"])
+def test_signature_parameters_configurable(web_texts: list[str], hash: str) -> None:
     norm = normalized(web_texts[:40])
-    ours, _ = minhash_signatures(norm, num_perm=64, seed=7, ngram=3)
+    ours, _ = minhash_signatures(norm, num_perm=64, seed=7, ngram=3, hash=hash)
     for k, text in enumerate(norm):
-        m = MinHash(num_perm=64, seed=7)
+        m = MinHash(num_perm=64, seed=7, hashfunc=datasketch_hashfunc(hash, "affine32"))
         m.update_batch(shingles(text, 3))
         assert np.array_equal(ours[k], m.hashvalues)
 
@@ -115,8 +142,8 @@ def test_shingle_rule_for_short_and_empty_docs() -> None:
     assert shingles("", 5) == []
     assert shingles("a b c", 5) == [b"a b c"]
     assert shingles("a b c d e f", 5) == [b"a b c d e", b"b c d e f"]
-    sig, n = minhash_signatures(["", "a b c"])
-    assert n.tolist() == [0, 1]
+    sig, n = minhash_signatures(["", "a b c", "a  b"])  # a stray double space is no word
+    assert n.tolist() == [0, 1, 1]
     assert (sig[0] == np.iinfo(np.uint32).max).all()  # datasketch's empty MinHash
 
 
@@ -256,3 +283,60 @@ def test_run_dedup_flow(tmp_path: Path, distinct: list[str], prefect_harness) ->
     # unchanged rerun: every task is a cache hit, the same dataset comes back
     state = curate_dedup(return_state=True)
     assert state.result() == ref
+
+
+# --- exact-Jaccard verification ---------------------------------------------------------------
+
+
+def test_jaccard_verified_matches_python_sets() -> None:
+    rng = np.random.default_rng(0)
+    sets = [np.unique(rng.integers(0, 60, size=rng.integers(0, 40))).astype(np.uint32) for _ in range(30)]
+    offsets = np.concatenate([[0], np.cumsum([s.size for s in sets])]).astype(np.int64)
+    values = np.concatenate(sets)
+    i, j = np.triu_indices(len(sets), 1)
+    for threshold in (0.3, 0.5, 0.8):
+        got = jaccard_verified(values, offsets, i, j, threshold, chunk=64)  # many small chunks
+        for k in range(i.size):
+            a, b = set(sets[i[k]].tolist()), set(sets[j[k]].tolist())
+            exact = len(a & b) / len(a | b) if a | b else 0.0
+            assert got[k] == (exact >= threshold), (i[k], j[k], exact)
+
+
+def test_exact_jaccard_decides_at_the_threshold(distinct: list[str]) -> None:
+    """Pairs just above / below Jaccard 0.8 (both LSH candidates) are split exactly by `verify="jaccard"`."""
+    original = next(t for t in distinct if len(t.split()) >= 600)
+    words = original.split()
+    sh = set(shingles(" ".join(words).lower(), 5))
+
+    def with_edits(n: int) -> tuple[str, float]:
+        w = list(words)
+        for k in range(n):  # edits 11 words apart: each removes 5 shingles, adds 5
+            w[5 + 11 * k] = f"zq{k}"
+        other = set(shingles(" ".join(w).lower(), 5))
+        return " ".join(w), len(sh & other) / len(sh | other)
+
+    n = 1
+    while with_edits(n + 1)[1] >= 0.8:
+        n += 1
+    above, j_above = with_edits(n)
+    below, j_below = with_edits(n + 1)
+    assert j_above >= 0.8 > j_below
+    p = DedupParams(bands=56, rows=2)  # every pair here is a candidate
+    assert clusters_of([original, below], p)["reason"].to_list() == [None, None]
+    c = clusters_of([original, above], p)
+    assert c["reason"].to_list() == [None, REASON_NEAR]
+    sigs = signature_frame(docs_frame([original, above]), "part-00000", p)
+    assert sigs["shingles"].list.len().to_list() == [len(sh), len(set(shingles(" ".join(above.split()).lower(), 5)))]
+    # the same verification with the shingle sets read back from disk, only for candidates
+    loaded = []
+
+    def loader(pos: np.ndarray) -> pl.Series:
+        loaded.append(pos.tolist())
+        return sigs["shingles"].gather(pos)
+
+    c2, _ = cluster_frame(sigs.drop("shingles"), p, loader)
+    assert c2.equals(c) and loaded == [[0, 1]]
+    with pytest.raises(ValueError, match="needs the signatures"):
+        cluster_frame(sigs.drop("shingles"), p)
+    # the signature estimate is the fallback; it needs no shingle sets
+    assert "shingles" not in signature_frame(docs_frame([original]), "p", DedupParams(verify="signature")).columns

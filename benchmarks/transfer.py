@@ -1,0 +1,234 @@
+"""Benchmark: transfer learning. Fine-tune a pretrained tiny model vs train it from scratch, to the same loss.
+
+    flock /tmp/lmwright-bench.lock python benchmarks/transfer.py [--pretrain-seconds 90]
+        [--scratch-seconds 90] [--pretrain-steps N --scratch-steps N] [--target LOSS]
+        [--threads 2] [--json out.json]
+
+Step budgets make the FLOPs comparison independent of machine load; seconds and kWh still
+depend on it.
+
+1. Tokenizer: ``tasks.tokenize.train_bpe`` (byte-level BPE, vocab 1024) on the pretraining text.
+2. Pretrain: the ``tiny`` preset with ``tasks.train.train`` on Project Gutenberg novels
+   (Pride and Prejudice, Moby Dick), ``--pretrain-seconds`` of wall clock.
+3. The narrow set: GSM8K word problems and their worked answers as plain text
+   (``question\\nanswer``), train = gsm8k_train, validation = gsm8k_test. Math word problems
+   with arithmetic annotations are far from 19th-century novels: a real domain shift.
+4. From scratch: the same architecture, randomly initialized, trained on the narrow set for
+   ``--scratch-seconds`` (cosine schedule over that budget: its best recipe for the budget).
+   The target is the best validation loss it reaches (or ``--target``).
+5. From pretrained: the pretrained weights, trained on the narrow set until its validation
+   loss reaches the target (it stops there), or until the same budget.
+
+Compute to the target, for each: training FLOPs (``GPT.flops_per_token`` x tokens up to the
+validation that first met the target; evaluations excluded), wall-clock seconds to that
+validation, and energy from ``tasks.energy.track`` (codecarbon; the from-scratch energy is
+prorated to its seconds-to-target when it met the target before its budget ended). The
+pretraining cost is printed too: the ratio leaves it out (the pretrained model is reused by
+every fine-tune), the "incl. pretraining" line puts it in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.gpt import GPT  # noqa: E402
+from tasks.energy import EnergySettings, track  # noqa: E402
+from tasks.tokenize import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
+from tasks.train import Batches, ModelSpec, TrainParams, batch_at, train  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+VOCAB = 1024
+
+
+class ReachedTarget(Exception):
+    def __init__(self, step: int, record: dict[str, float]):
+        super().__init__(f"target reached at step {step}")
+        self.step, self.record = step, record
+
+
+def read_pretraining_text() -> str:
+    return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted((DATA / "gutenberg").glob("*.txt")))
+
+
+def read_narrow(split: str) -> list[str]:
+    rows = [json.loads(l) for l in (DATA / "instructions" / f"gsm8k_{split}.jsonl").read_text().splitlines() if l.strip()]
+    return [f"{r['question']}\n{r['answer']}" for r in rows]
+
+
+def encode_docs(tok: Any, docs: list[str], eot: int) -> np.ndarray:
+    out: list[int] = []
+    for enc in tok.encode_batch(docs):
+        out.extend(enc.ids)
+        out.append(eot)
+    return np.asarray(out, dtype=np.uint16)
+
+
+def steps_per_second(params: TrainParams, vocab: int, data: np.ndarray, steps: int = 6) -> float:
+    """A short timed calibration on a throwaway model, so a cosine schedule can end with the budget."""
+    cfg = params.model.build(vocab)
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for i in range(steps + 2):
+        if i == 2:
+            t0 = time.perf_counter()
+        x, y, _ = batch_at(data, None, cfg.block_size, params.batch_size, 0, i, 0, "cpu")
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps / (time.perf_counter() - t0)
+
+
+def run(
+    name: str,
+    out: Path,
+    batches: Batches,
+    params: TrainParams,
+    vocab: int,
+    energy: EnergySettings,
+    init_from: Path | None = None,
+    target: float | None = None,
+) -> dict[str, Any]:
+    history: list[dict[str, float]] = []
+
+    def progress(step: int, record: dict[str, float]) -> None:
+        history.append({"step": step, **record})
+        if target is not None and record["val_loss"] <= target:
+            raise ReachedTarget(step, record)
+
+    stopped, steps = "budget", None
+    with track(name, energy) as rec:
+        try:
+            steps = train(out, batches, params, vocab, init_from=init_from, progress=progress).steps
+        except ReachedTarget as hit:
+            stopped, steps = "target", hit.step
+    return {"name": name, "history": history, "energy": rec.to_json(), "stopped": stopped, "steps": steps}
+
+
+def to_target(res: dict[str, Any], target: float, flops_per_token: int, tokens_per_step: int) -> dict[str, Any] | None:
+    """Compute up to the first validation at or below the target (None: never reached)."""
+    hit = next((h for h in res["history"] if h["val_loss"] <= target), None)
+    if hit is None:
+        return None
+    tracked_s = res["energy"]["duration_s"]
+    share = min(1.0, hit["seconds"] / tracked_s) if res["stopped"] == "budget" and tracked_s > 0 else 1.0
+    return {
+        "step": hit["step"],
+        "val_loss": hit["val_loss"],
+        "tokens": hit["step"] * tokens_per_step,
+        "flops": float(flops_per_token) * hit["step"] * tokens_per_step,
+        "seconds": hit["seconds"],
+        "energy_kwh": res["energy"]["energy_kwh"] * share,
+        "co2_kg": res["energy"]["co2_kg"] * share,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pretrain-seconds", type=float, default=90.0)
+    ap.add_argument("--scratch-seconds", type=float, default=90.0)
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="Budget in optimizer steps instead of seconds (load-independent).")
+    ap.add_argument("--scratch-steps", type=int, default=None, help="Budget in optimizer steps instead of seconds (load-independent).")
+    ap.add_argument("--target", type=float, default=None, help="Target validation loss (default: the best from scratch reaches).")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-interval", type=int, default=10)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    energy = EnergySettings(measure_power_secs=5)
+    t_start = time.perf_counter()
+    print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
+
+    special = SpecialTokens()
+    pre_text = read_pretraining_text()
+    tok = train_bpe([pre_text[i : i + 4096] for i in range(0, len(pre_text), 4096)], VOCAB, 2, special)
+    vocab = vocab_size_of(tok)
+    eot = tok.token_to_id(special.eot)
+    pre_ids = encode_docs(tok, [pre_text], eot)
+    cut = int(len(pre_ids) * 0.95)
+    pre = Batches(train=pre_ids[:cut], val=pre_ids[cut:])
+    narrow = Batches(train=encode_docs(tok, read_narrow("train"), eot), val=encode_docs(tok, read_narrow("test"), eot))
+    print(
+        f"tokens: pretrain {len(pre.train):,} train / {len(pre.val):,} val (gutenberg); "
+        f"narrow {len(narrow.train):,} train / {len(narrow.val):,} val (gsm8k); vocab {vocab}",
+        flush=True,
+    )
+
+    common = dict(
+        model=ModelSpec(preset="tiny"), batch_size=16, eval_batches=8, eval_interval=args.eval_interval,
+        patience=None, checkpoint_interval=10_000, device="cpu", threads=args.threads, seed=1337,
+    )
+    rate = steps_per_second(TrainParams(**common), vocab, pre.train)
+    print(f"calibration: {rate:.2f} steps/s", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="lmwright-transfer-"))
+    pre_steps = args.pretrain_steps or max(50, int(rate * args.pretrain_seconds))
+    pre_params = TrainParams(**common, lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=pre_steps,
+                             max_seconds=None if args.pretrain_steps else args.pretrain_seconds)
+    pre_res = run("pretrain", work / "pretrain", pre, pre_params, vocab, energy)
+    print(f"pretrain: {pre_res['steps']} steps, last val {pre_res['history'][-1]['val_loss']:.3f} "
+          f"(gutenberg), {pre_res['energy']['energy_kwh']:.3g} kWh", flush=True)
+    best = work / "pretrain" / "checkpoints" / "best"
+
+    narrow_steps = args.scratch_steps or max(50, int(rate * args.scratch_seconds))
+    narrow_budget = None if args.scratch_steps else args.scratch_seconds
+    scratch_params = TrainParams(**common, lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=narrow_steps, max_seconds=narrow_budget)
+    scratch = run("from-scratch", work / "scratch", narrow, scratch_params, vocab, energy, target=args.target)
+    target = args.target if args.target is not None else min(h["val_loss"] for h in scratch["history"])
+    print(f"from scratch: {scratch['steps']} steps, best val {min(h['val_loss'] for h in scratch['history']):.4f}; "
+          f"target {target:.4f}", flush=True)
+
+    ft_params = TrainParams(**common, lr=1e-3, min_lr=1e-4, warmup_steps=5, max_steps=narrow_steps, max_seconds=narrow_budget)
+    ft = run("from-pretrained", work / "finetune", narrow, ft_params, vocab, energy, init_from=best, target=target)
+    print(f"from pretrained: start val {ft['history'][0]['val_loss']:.4f}, "
+          f"{ft['steps']} steps, stopped at {ft['stopped']}", flush=True)
+
+    model = GPT(TrainParams(**common).model.build(vocab))
+    fpt = model.flops_per_token()
+    tps = common["batch_size"] * model.config.block_size
+    a = to_target(scratch, target, fpt, tps)
+    b = to_target(ft, target, fpt, tps)
+    pre_cost = {"steps": pre_res["steps"], "flops": float(fpt) * pre_res["steps"] * tps,
+                "seconds": pre_res["energy"]["duration_s"], "energy_kwh": pre_res["energy"]["energy_kwh"]}
+
+    print()
+    print(f"target validation loss on gsm8k_test: {target:.4f} nats/token")
+    print(f"{'run':<18}{'steps':>7}{'FLOPs':>12}{'seconds':>10}{'kWh':>12}{'gCO2e':>9}")
+    for name, r in (("from scratch", a), ("from pretrained", b)):
+        if r is None:
+            print(f"{name:<18}  did not reach the target within its budget ({narrow_steps} steps / {narrow_budget} s)")
+            continue
+        print(f"{name:<18}{r['step']:>7}{r['flops']:>12.3e}{r['seconds']:>10.1f}{r['energy_kwh']:>12.3e}{r['co2_kg'] * 1000:>9.4f}")
+    print(f"{'(pretraining)':<18}{pre_cost['steps']:>7}{pre_cost['flops']:>12.3e}{pre_cost['seconds']:>10.1f}{pre_cost['energy_kwh']:>12.3e}")
+    result: dict[str, Any] = {"target": target, "scratch": a, "pretrained": b, "pretraining": pre_cost,
+                              "mode": scratch["energy"]["mode"], "steps_per_second": rate}
+    if a and b and a["flops"] > 0:
+        ratio = {k: b[k] / a[k] for k in ("flops", "seconds", "energy_kwh") if a[k] > 0}
+        result["ratio"] = ratio
+        print(f"ratio from-pretrained / from-scratch: FLOPs {ratio['flops']:.3f}, seconds {ratio['seconds']:.3f}, "
+              f"kWh {ratio['energy_kwh']:.3f}  (target <= 0.20: {'met' if ratio['flops'] <= 0.2 else 'NOT met'})")
+        incl = (b["flops"] + pre_cost["flops"]) / a["flops"]
+        result["ratio_incl_pretraining"] = (b["flops"] + pre_cost["flops"]) / a["flops"]
+        print(f"incl. pretraining: FLOPs {incl:.3f} of from-scratch")
+    print(f"energy mode: {scratch['energy']['mode']}")
+    print(f"total wall clock {time.perf_counter() - t_start:.0f} s; uptime: {os.popen('uptime').read().strip()}")
+    if args.json:
+        result["histories"] = {"scratch": scratch["history"], "pretrained": ft["history"], "pretrain": pre_res["history"]}
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

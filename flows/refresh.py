@@ -1,0 +1,293 @@
+"""The nightly refresh: ingest only what is new, dedup it against every earlier corpus version,
+continue pretraining from the promoted model on new data plus a replay sample of old data,
+evaluate, promote if the gate passes, and commit a new immutable corpus version.
+
+Crash safety: every step is a cached stage keyed by its output fingerprint, the plan (base
+model, tokenizer) is saved before work starts, and the corpus version, its index file and
+the ledger are written whole at the end (see tasks/refresh.py), so a refresh killed anywhere
+and run again finishes the same work and never writes a document twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+from flows.config import PipelineConfig
+from flows.curate import curate
+from flows.train import Evaluation, TrainedModels, evaluate_flow
+from models.checkpoint import load_config
+from tasks.dataset import DatasetRef, file_sha256, is_complete
+from tasks.modeling import ModelRef, evaluate_model, finetune_model, model_work, pretrain_model
+from tasks.refresh import (
+    NOTHING_NEW,
+    REASON_ID,
+    REASON_PREVIOUS,
+    Ledger,
+    RefreshPlan,
+    RefreshSettings,
+    commit_version,
+    content_addressed_tokenizer,
+    dataset_entry,
+    index_params_of,
+    ledger_path,
+    new_source_specs,
+    pending_path,
+    plan_refresh,
+    read_latest,
+    refresh_lock,
+    repair_ledger,
+    run_mix,
+    run_previous_dedup,
+    scan_sources,
+    write_ledger,
+)
+from tasks.sft import run_sft_data
+from tasks.stage import plan_stage
+from tasks.tokenize import TOKENIZER_FILE, TokenDatasetRef, TokenizeParams, run_tokenize
+
+REPORT_KEY = "refresh-report"
+
+
+class RefreshResult(BaseModel):
+    """What one refresh did, in numbers and one sentence."""
+
+    version: str | None = Field(description="The corpus version current after this refresh (None: no version yet).")
+    new_files: int = Field(description="Source files new or changed since the last successful refresh.")
+    new_docs_kept: int = Field(0, description="New unique documents added to the corpus.")
+    rejected_previous_version: int = Field(0, description="New documents that duplicate a document of an earlier version.")
+    corpus_docs: int = Field(0, description="Documents in the current corpus version.")
+    model: str | None = Field(None, description="The model this refresh trained (None when nothing was trained).")
+    init_from: str | None = Field(None, description="The checkpoint it continued from (None: trained from scratch).")
+    promoted: bool = Field(False, description="Whether the new model was promoted.")
+    reasons: list[str] = Field(default_factory=list, description="Why it was not promoted.")
+    message: str
+
+
+@flow(name="refresh", log_prints=True, persist_result=True)
+def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | None = None) -> RefreshResult:
+    """Nightly: new files -> curate -> dedup against earlier versions -> tokenize -> replay mix ->
+    continued pretraining -> evaluate/promote -> commit corpus version."""
+    config = config or PipelineConfig()
+    settings = settings or getattr(config, "refresh", None) or RefreshSettings()
+    config = config.model_copy(update={"workdir": str(Path(config.workdir).resolve())})
+    workdir, checks = config.workdir, config.validation
+    logger = get_run_logger()
+
+    with refresh_lock(workdir):
+        latest = read_latest(workdir)
+        ledger = repair_ledger(workdir, latest)
+        scan = scan_sources(config.ingest.sources, ledger, settings.trust_mtime)
+        if not scan.new:
+            message = f"{NOTHING_NEW}: {len(scan.entries)} source file(s) unchanged since {ledger.version or 'the last refresh'}"
+            logger.info(message)
+            return _result(latest, 0, message)
+        plan = plan_refresh(workdir, latest, scan)
+        logger.info("%d new or changed file(s) since %s", len(scan.new), latest["version"] if latest else "the start")
+
+        # Extract + transform: only the new files, deduplicated among themselves
+        specs = new_source_specs(config.ingest.sources, scan)
+        curated = curate(config.model_copy(update={"ingest": config.ingest.model_copy(update={"sources": specs})}))
+        # ... and against everything earlier versions kept
+        kept, index_part = run_previous_dedup(
+            workdir, curated.corpus_ref(), config.dedup, settings.threshold, latest, checks
+        )
+        stats = kept.stats()
+        n_kept, n_prev = stats["kept"], stats["rejected_by_reason"].get(REASON_PREVIOUS, 0)
+        n_id = stats["rejected_by_reason"].get(REASON_ID, 0)
+        committed = Ledger(
+            version=latest["version"] if latest else None,
+            files={**ledger.files, **{k: scan.entries[k] for k in scan.new}},
+        )
+        if n_kept == 0:
+            write_ledger(ledger_path(workdir), committed)  # the files are seen; the corpus is unchanged
+            pending_path(workdir).unlink(missing_ok=True)
+            message = f"{NOTHING_NEW}: {len(scan.new)} new file(s), no new unique documents ({n_prev} already in the corpus)"
+            logger.info(message)
+            return _result(latest, len(scan.new), message, rejected=n_prev)
+
+        # Train: new tokens + replay of old ones, continuing from the promoted model
+        tokens, new_tokens = tokenize_and_mix(workdir, config, settings, plan, kept, latest)
+        models, init_from = continue_training(workdir, config, settings, plan, tokens)
+        evaluation = evaluate_refresh(config, settings, plan, models, curated.card)
+
+        # Load: commit the version (index file, ledger snapshot, manifest, then latest.json)
+        final = models.finetuned or models.pretrained
+        info = {
+            "new_files": scan.new,
+            "curated": curated.corpus,
+            "stages": curated.stages,
+            "card": curated.card,
+            "kept": n_kept,
+            "rejected_previous_version": n_prev,
+            "rejected_previous_id": n_id,
+            "tokens": tokens.path,
+            "model": final,
+            "init_from": init_from,
+            "promoted": evaluation.promoted,
+            "reasons": evaluation.reasons,
+        }
+        manifest = commit_version(
+            workdir,
+            latest,
+            dataset_entry(kept, "", new_tokens),
+            Path(index_part["path"]),
+            index_params_of(config.dedup),
+            committed,
+            info,
+        )
+        pending_path(workdir).unlink(missing_ok=True)
+
+    verdict = "promoted" if evaluation.promoted else "not promoted (" + "; ".join(evaluation.reasons) + ")"
+    message = (
+        f"{manifest['version']}: {len(scan.new)} new file(s), {n_kept} new document(s) kept, "
+        f"{n_prev} duplicate(s) of earlier versions rejected; corpus {manifest['rows']} documents; "
+        f"model {'continued from ' + init_from if init_from else 'trained from scratch'}, {verdict}"
+    )
+    logger.info(message)
+    _publish(manifest, message)
+    return RefreshResult(
+        version=manifest["version"],
+        new_files=len(scan.new),
+        new_docs_kept=n_kept,
+        rejected_previous_version=n_prev,
+        corpus_docs=manifest["rows"],
+        model=final,
+        init_from=init_from,
+        promoted=evaluation.promoted,
+        reasons=evaluation.reasons,
+        message=message,
+    )
+
+
+def tokenize_and_mix(
+    workdir: str,
+    config: PipelineConfig,
+    settings: RefreshSettings,
+    plan: RefreshPlan,
+    kept: DatasetRef,
+    latest: dict[str, Any] | None,
+) -> tuple[TokenDatasetRef, TokenDatasetRef]:
+    """Tokenize the new documents with the model's tokenizer, then mix in a replay sample: (mix, new tokens)."""
+    params = config.tokenize
+    if plan.tokenizer is not None:
+        params = params.model_copy(update={"tokenizer_path": plan.tokenizer})
+    new_tokens = run_tokenize(workdir, kept, params, config.validation)
+    tokenizer_sha = file_sha256(new_tokens.dir / TOKENIZER_FILE)
+    old: list[TokenDatasetRef] = []
+    for d in latest["datasets"] if latest else []:
+        t = d.get("tokens")
+        if t and t["tokenizer_sha256"] == tokenizer_sha and is_complete(t["path"]):
+            old.append(TokenDatasetRef(t["path"], t["fingerprint"]))
+        else:  # another tokenizer (or its arrays were deleted): encode that version's documents again (cached)
+            cas = content_addressed_tokenizer(workdir, new_tokens.dir / TOKENIZER_FILE)
+            again = TokenizeParams(**{**config.tokenize.model_dump(), "tokenizer_path": str(cas)})
+            old.append(run_tokenize(workdir, DatasetRef(d["stage"], d["fingerprint"], d["path"]), again, config.validation))
+    block = _block_size(config, plan, new_tokens)
+    return run_mix(workdir, new_tokens, old, settings, block), new_tokens
+
+
+def _block_size(config: PipelineConfig, plan: RefreshPlan, tokens: TokenDatasetRef) -> int:
+    if plan.base is not None:
+        return int(load_config(Path(plan.base.init_from))["block_size"])
+    return config.pretrain.model.build(tokens.meta()["vocab_size"]).block_size
+
+
+def continue_training(
+    workdir: str, config: PipelineConfig, settings: RefreshSettings, plan: RefreshPlan, tokens: TokenDatasetRef
+) -> tuple[TrainedModels, str | None]:
+    """Continued pretraining from the plan's base checkpoint (scratch without one), then fine-tuning as configured."""
+    overrides = {k: v for k, v in (("max_steps", settings.max_steps), ("lr", settings.lr)) if v is not None}
+    params = config.pretrain.model_copy(update=overrides)
+    init_from = plan.base.init_from if plan.base else None
+    if init_from is not None and not Path(init_from).exists():
+        raise FileNotFoundError(f"the promoted model's checkpoint {init_from} is gone: cannot continue from it")
+    work = model_work(workdir, "pretrain", {"train": params, "init_from": init_from}, [tokens.fingerprint])
+    pretrained = pretrain_model(work, tokens, params, init_from=init_from)
+    models = TrainedModels(tokens=tokens.path, pretrained=pretrained.path)
+    if config.finetune.enabled:
+        block = pretrained.load().config.block_size
+        sft = run_sft_data(workdir, tokens, config.finetune.data, block)
+        ft_params = {"train": config.finetune.train, "lora": config.finetune.lora}
+        work = model_work(workdir, "finetune", ft_params, [pretrained.fingerprint, sft.fingerprint])
+        finetuned = finetune_model(work, pretrained, sft, config.finetune.train, config.finetune.lora)
+        models = models.model_copy(update={"finetuned": finetuned.path, "sft": sft.path})
+    return models, init_from
+
+
+def evaluate_refresh(
+    config: PipelineConfig, settings: RefreshSettings, plan: RefreshPlan, models: TrainedModels, card: str
+) -> Evaluation:
+    """The evaluate flow (gate, export, promote); first, the new model must not do worse than the
+    promoted one on the same held-out tokens (``max_regression``), else it is not exported."""
+    regression = _regression(config, settings, plan, models)
+    if regression:
+        get_run_logger().warning("not promoted (%s); the promoted model stays %s", regression, plan.base.promoted)  # type: ignore[union-attr]
+        evaluation = evaluate_flow(config, models, card, export=False)
+        return evaluation.model_copy(update={"promoted": False, "reasons": [regression]})
+    return evaluate_flow(config, models, card, export=True)
+
+
+def _regression(config: PipelineConfig, settings: RefreshSettings, plan: RefreshPlan, models: TrainedModels) -> str | None:
+    if settings.max_regression is None or plan.base is None or not Path(plan.base.promoted).is_dir():
+        return None
+    tokens = TokenDatasetRef(models.tokens, Path(models.tokens).name)
+    sft = None
+    if models.sft:
+        from tasks.sft import SftDatasetRef
+
+        sft = SftDatasetRef(path=models.sft, fingerprint=Path(models.sft).name)
+    final_path = models.finetuned or models.pretrained
+    new = ModelRef(Path(final_path).parent.name, Path(final_path).name, final_path)
+    old_path = plan.base.promoted
+    old = ModelRef(Path(old_path).parent.name, Path(old_path).name, old_path)
+    # The same work (so the same cache entry) evaluate_flow uses for the new model.
+    new_work = plan_stage(config.workdir, "evaluate", "1", config.evaluate, [new.fingerprint, tokens.fingerprint], area="evals")
+    old_work = plan_stage(config.workdir, "evaluate", "1", config.evaluate, [old.fingerprint, tokens.fingerprint], area="evals")
+    new_m = evaluate_model(new_work.for_unit(new.stage), new, tokens, sft, config.evaluate)
+    old_m = evaluate_model(old_work.for_unit("promoted"), old, tokens, sft, config.evaluate)
+    if new_m["val_loss"] > old_m["val_loss"] + settings.max_regression:
+        return (
+            f"val_loss {new_m['val_loss']:.4f} on this refresh's held-out tokens is worse than the promoted model's "
+            f"{old_m['val_loss']:.4f} (max_regression {settings.max_regression})"
+        )
+    return None
+
+
+def _result(latest: dict[str, Any] | None, new_files: int, message: str, rejected: int = 0) -> RefreshResult:
+    return RefreshResult(
+        version=latest["version"] if latest else None,
+        new_files=new_files,
+        rejected_previous_version=rejected,
+        corpus_docs=latest["rows"] if latest else 0,
+        message=message,
+    )
+
+
+def _publish(manifest: dict[str, Any], message: str) -> None:
+    info = manifest["refresh"]
+    lines = [
+        f"# Corpus {manifest['version']}",
+        "",
+        message,
+        "",
+        "| | |",
+        "|---|---|",
+        f"| new files | {len(info['new_files'])} |",
+        f"| new documents kept | {info['kept']} |",
+        f"| duplicates of earlier versions | {info['rejected_previous_version']} |",
+        f"| id clashes with earlier versions | {info['rejected_previous_id']} |",
+        f"| corpus documents | {manifest['rows']} |",
+        f"| model | {info['model']} |",
+        f"| continued from | {info['init_from'] or 'scratch'} |",
+        f"| promoted | {info['promoted']} |",
+    ]
+    create_markdown_artifact(markdown="\n".join(lines), key=REPORT_KEY, description="The last refresh")
+
+
+if __name__ == "__main__":
+    print(refresh().message)

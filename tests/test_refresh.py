@@ -1,0 +1,262 @@
+"""The nightly refresh: ledger, cross-version dedup, immutable corpus versions, continued training, crash safety."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import tasks.refresh as refresh_tasks
+from flows.config import PipelineConfig, load_config
+from flows.refresh import RefreshResult, refresh
+from tasks.dataset import DatasetRef, read_manifest
+from tasks.dedup import DedupParams
+from tasks.refresh import (
+    EXACT_BAND,
+    REASON_ID,
+    REASON_PREVIOUS,
+    PreviousDedupParams,
+    RefreshSettings,
+    apply_previous_dedup,
+    index_rows,
+    read_latest,
+    replay_budget,
+    version_parts,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SETTINGS = RefreshSettings(max_steps=20, min_val_tokens=600)
+
+
+def paragraphs(path: Path, skip: int = 40) -> list[str]:
+    """Real paragraphs of a Gutenberg book (past its front matter), 30+ words each."""
+    paras = [p.strip() for p in path.read_text().split("\n\n")]
+    return [p for p in paras[skip:] if len(p.split()) >= 30]
+
+
+def write_paragraphs(path: Path, paras: list[str]) -> None:
+    path.write_text("\n\n".join(paras) + "\n")
+
+
+def refresh_config(workdir: Path, src: Path, *extra: str) -> PipelineConfig:
+    return load_config(
+        PipelineConfig,
+        "tiny",
+        [
+            f"ingest.sources=[{src}]",
+            "ingest.text_split=paragraph",
+            "quality.gopher_quality.min_doc_words=20",
+            "quality.c4.min_num_sentences=1",
+            "tokenize.vocab_size=512",
+            "pretrain.model.overrides={n_layer: 2, n_embd: 64, n_head: 2, block_size: 64}",
+            "pretrain.max_steps=20",
+            "pretrain.eval_interval=10",
+            "pretrain.batch_size=8",
+            "finetune.enabled=false",
+            "evaluate.max_tokens=3000",
+            "evaluate.gate.min_gain_over_unigram=null",
+            "evaluate.gate.max_val_bpb=100",
+            *extra,
+        ],
+        workdir=str(workdir),
+    )
+
+
+@pytest.fixture()
+def books(shared_data: Path) -> dict[str, list[str]]:
+    return {
+        "pride": paragraphs(shared_data / "gutenberg" / "pg1342_pride_and_prejudice.txt"),
+        "moby": paragraphs(shared_data / "gutenberg" / "pg2701_moby_dick.txt", skip=200),
+    }
+
+
+def corpus_ids(manifest: dict) -> list[str]:
+    return pl.concat([pl.read_parquet(p, columns=["id"]) for p in version_parts(manifest)])["id"].to_list()
+
+
+def assert_consistent(workdir: Path) -> dict:
+    """The invariants a refresh must leave, however it got there."""
+    latest = read_latest(workdir)
+    assert latest is not None
+    ids = corpus_ids(latest)
+    assert len(ids) == len(set(ids)) == latest["rows"]
+    index_files = sorted((workdir / "refresh" / "index").glob("*.parquet"))
+    assert [f.stem for f in index_files] == [f"v{n:04d}" for n in range(1, latest["number"] + 1)]
+    index = pl.concat([pl.read_parquet(f) for f in index_files])
+    assert index.select("band", "key", "id").is_duplicated().sum() == 0
+    exact = index.filter(pl.col("band") == EXACT_BAND)["id"].to_list()
+    assert sorted(exact) == sorted(ids)  # every kept document indexed exactly once
+    ledger = json.loads((workdir / "refresh" / "ledger.json").read_text())
+    assert ledger["version"] == latest["version"]
+    assert ledger == json.loads(Path(latest["ledger"]).read_text())
+    assert not (workdir / "refresh" / "pending.json").exists()
+    return latest
+
+
+def test_refresh_first_nothing_new_then_only_new_files(tmp_path: Path, books: dict[str, list[str]], shared_data: Path) -> None:
+    src, work = tmp_path / "src", tmp_path / "w"
+    src.mkdir()
+    write_paragraphs(src / "pride-1.txt", books["pride"][:220])
+    write_paragraphs(src / "pride-2.txt", books["pride"][220:380])
+    config = refresh_config(work, src)
+
+    # (1) the first refresh builds v0001 from everything and trains a model from scratch
+    first = refresh(config, SETTINGS)
+    assert isinstance(first, RefreshResult)
+    assert first.version == "v0001" and first.new_files == 2 and first.init_from is None
+    v1 = assert_consistent(work)
+    assert v1["rows"] == first.new_docs_kept == first.corpus_docs > 100
+    assert first.promoted, first.reasons
+    promoted = json.loads((work / "promoted.json").read_text())
+    assert promoted["model"] == first.model
+
+    # (2) nothing new: no curate, no version, seconds
+    start = time.perf_counter()
+    again = refresh(config, SETTINGS)
+    assert again.message.startswith("nothing new"), again.message
+    assert again.version == "v0001" and again.new_files == 0
+    assert time.perf_counter() - start < 15
+    assert not (work / "corpus" / "v0002").exists()
+    assert len(list((work / "datasets" / "ingest").iterdir())) == 1
+
+    # (3) new files: new documents, an exact and a near duplicate of old documents
+    old = pl.concat([pl.read_parquet(p) for p in version_parts(v1)])
+    long_docs = old.filter(pl.col("text").str.split(" ").list.len() >= 120).sort("id")
+    exact_src, near_src = long_docs.row(0, named=True), long_docs.row(1, named=True)
+    words = near_src["text"].split(" ")
+    words[len(words) // 2] = "zebra"
+    write_paragraphs(src / "pride-dups.txt", [exact_src["text"], " ".join(words)])
+    write_paragraphs(src / "moby.txt", books["moby"][:120])
+    c4 = [json.loads(line) for line in (shared_data / "web" / "c4_en_sample_olmo.jsonl").read_text().splitlines()]
+    (src / "web.jsonl").write_text("".join(json.dumps({"id": f"c4-{i}", "text": d["text"]}) + "\n" for i, d in enumerate(c4)))
+    (src / "pride-1.txt").touch()  # a new mtime, the same content: not new
+
+    third = refresh(config, SETTINGS)
+    assert third.version == "v0002" and third.new_files == 3, third.message
+    v2 = assert_consistent(work)
+    ingest = DatasetRef("ingest", "", v2["refresh"]["stages"]["ingest"])
+    assert ingest.stats()["files"] == 3  # only the new files were read
+    assert {Path(u.split("#")[0]).name for u in ingest.read()["uri"].to_list()} == {"pride-dups.txt", "moby.txt", "web.jsonl"}
+    assert v2["rows"] == v1["rows"] + third.new_docs_kept and third.new_docs_kept > 50
+    assert third.rejected_previous_version == 2
+    new_ds = DatasetRef("dedup_previous", "", v2["datasets"][-1]["path"])
+    rejected = pl.concat([pl.read_parquet(p) for p in new_ds.rejected_parts()])
+    dups = rejected.filter(pl.col("reason") == REASON_PREVIOUS).sort("uri")
+    assert sorted(dups["dup_of"].to_list()) == sorted([exact_src["id"], near_src["id"]])
+    assert all("pride-dups.txt" in u for u in dups["uri"].to_list())
+    assert not set(corpus_ids(v2)) & set(dups["id"].to_list())
+    # old datasets are shared, not copied: v0002 = v0001's parts + the new ones
+    assert v2["datasets"][: len(v1["datasets"])] == v1["datasets"]
+
+    # continued pretraining from the promoted model, on new tokens plus replay
+    assert third.init_from == str(Path(first.model) / "checkpoints" / "best")
+    result = json.loads((Path(third.model) / "result.json").read_text())
+    assert result["init_from"] == third.init_from
+    mix = json.loads((Path(v2["refresh"]["tokens"]) / "meta.json").read_text())["mix"]
+    assert mix["replay_tokens"]["train"] > 0 and mix["new_tokens"]["train"] > 0
+    if not third.promoted:
+        assert third.reasons and "not promoted" in third.message
+
+
+def test_refresh_killed_before_commit_then_rerun(
+    tmp_path: Path, books: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, work = tmp_path / "src", tmp_path / "w"
+    src.mkdir()
+    write_paragraphs(src / "pride.txt", books["pride"][:300])
+    config = refresh_config(work, src)
+
+    # (4) a kill after curate, training and the index file, before the version manifest
+    real_write_json = refresh_tasks.write_json
+
+    def dying(path: Path, value: object) -> None:
+        if path.name == "manifest.json" and path.parent.parent.name == "corpus":
+            raise KeyboardInterrupt("simulated kill -9 during the commit")
+        real_write_json(path, value)
+
+    monkeypatch.setattr(refresh_tasks, "write_json", dying)
+    with pytest.raises(BaseException, match="simulated kill"):
+        refresh(config, SETTINGS)
+    monkeypatch.setattr(refresh_tasks, "write_json", real_write_json)
+    assert (work / "refresh" / "index" / "v0001.parquet").is_file()  # written, but not committed
+    assert not (work / "corpus" / "latest.json").exists() and not (work / "refresh" / "ledger.json").exists()
+    assert (work / "refresh" / "pending.json").is_file()
+    models_before = sorted((work / "models" / "pretrain").iterdir())
+
+    rerun = refresh(config, SETTINGS)
+    assert rerun.version == "v0001", rerun.message
+    latest = assert_consistent(work)
+    assert sorted((work / "models" / "pretrain").iterdir()) == models_before  # training was a cache hit
+    assert len(list((work / "datasets" / "ingest").iterdir())) == 1
+    assert latest["rows"] == rerun.new_docs_kept
+
+    # a kill between moving latest.json and rewriting ledger.json: the ledger is repaired, nothing redone
+    write_paragraphs(src / "moby.txt", books["moby"][:80])
+    real_write_ledger = refresh_tasks.write_ledger
+
+    def dying_ledger(path: Path, ledger: object) -> None:
+        if path == refresh_tasks.ledger_path(work.resolve()):
+            raise KeyboardInterrupt("simulated kill after the commit")
+        real_write_ledger(path, ledger)
+
+    monkeypatch.setattr(refresh_tasks, "write_ledger", dying_ledger)
+    with pytest.raises(BaseException, match="simulated kill"):
+        refresh(config, SETTINGS)
+    monkeypatch.setattr(refresh_tasks, "write_ledger", real_write_ledger)
+    after = refresh(config, SETTINGS)
+    assert after.message.startswith("nothing new") and after.version == "v0002", after.message
+    v2 = read_latest(work)
+    (work / "refresh" / "pending.json").unlink(missing_ok=True)  # left by the killed run, harmless
+    assert_consistent(work)
+    assert v2["rows"] > latest["rows"]
+
+
+# -- logic without the engine --------------------------------------------------------------------
+
+
+def _docs(rows: list[tuple[str, str]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"id": [r[0] for r in rows], "text": [r[1] for r in rows], "source": "s", "uri": "u", "license": None},
+        schema_overrides={"license": pl.String},
+    )
+
+
+def test_apply_previous_dedup_exact_near_and_id(tmp_path: Path, books: dict[str, list[str]]) -> None:
+    old = [p for p in books["pride"] if len(p.split()) >= 120][:3]
+    params = DedupParams()
+    index = tmp_path / "v0001.parquet"
+    index_rows(_docs([(f"old-{i}", t) for i, t in enumerate(old)]), params).write_parquet(index)
+    words = old[1].split(" ")
+    words[len(words) // 2] = "zebra"
+    new = _docs([
+        ("n-exact", old[0].upper()),  # same normalized text
+        ("n-near", " ".join(words)),
+        ("old-2", books["moby"][5]),  # a changed document under an old id
+        ("n-fresh", books["moby"][6]),
+    ])
+    out = apply_previous_dedup(new, PreviousDedupParams(**params.model_dump(), index=[str(index)]))
+    got = {r["id"]: (r["reason"], r["dup_of"]) for r in out.iter_rows(named=True)}
+    assert got == {
+        "n-exact": (REASON_PREVIOUS, "old-0"),
+        "n-near": (REASON_PREVIOUS, "old-1"),
+        "old-2": (REASON_ID, "old-2"),
+        "n-fresh": (None, None),
+    }
+    # without an index nothing is rejected
+    none = apply_previous_dedup(new, PreviousDedupParams(**params.model_dump()))
+    assert none["reason"].null_count() == new.height
+
+
+def test_settings_and_replay_budget() -> None:
+    s = RefreshSettings()
+    assert (s.cron, s.timezone, s.replay_fraction) == ("0 2 * * *", "UTC", 0.5)
+    assert s.schedule().cron == "0 2 * * *"
+    with pytest.raises(ValueError, match="timezone"):
+        RefreshSettings(timezone="Mars/Olympus")
+    with pytest.raises(ValueError, match="cron"):
+        RefreshSettings(cron="every night")
+    assert replay_budget(1000, 0.5) == 1000 and replay_budget(900, 0.25) == 300 and replay_budget(10, 0.0) == 0
