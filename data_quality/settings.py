@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Severity = Literal["fail", "warn"]
 
@@ -15,6 +15,8 @@ class DataQualityError(RuntimeError):
 
 class ValidationSettings(BaseModel):
     """How stage outputs are validated."""
+
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Run the suites at all; off skips every check (not recommended).")
     severity: Severity = Field("fail", description="Default action when a suite fails: fail the stage or log a warning.")

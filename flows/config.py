@@ -18,6 +18,7 @@ from tasks.dedup import DedupParams
 from tasks.evaluate import EvalParams
 from tasks.ingest import IngestParams
 from tasks.langid import LangidParams
+from tasks.license import LicenseParams
 from tasks.normalize import NormalizeParams
 from tasks.pii import PiiParams
 from tasks.quality import QualityParams
@@ -50,6 +51,7 @@ class CurateConfig(BaseModel):
 
     workdir: str = Field(DEFAULT_WORKDIR, description="Directory for datasets, caches, Data Docs and reports.")
     ingest: IngestParams = Field(default_factory=IngestParams, description="Sources and how files become documents.")
+    license: LicenseParams = Field(default_factory=LicenseParams, description="License policy and the opt-out registry.")
     normalize: NormalizeParams = Field(default_factory=NormalizeParams, description="Unicode and whitespace normalization.")
     langid: LangidParams = Field(default_factory=LangidParams, description="Language identification and filtering.")
     quality: QualityParams = Field(default_factory=QualityParams, description="Gopher, C4 and FineWeb quality rules.")

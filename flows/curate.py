@@ -13,6 +13,7 @@ from tasks.dataset import DatasetRef
 from tasks.dedup import run_dedup
 from tasks.ingest import run_ingest
 from tasks.langid import LANGID_STAGE
+from tasks.license import LICENSE_STAGE, resolve_optouts
 from tasks.normalize import NORMALIZE_STAGE
 from tasks.pii import PII_STAGE
 from tasks.quality import QUALITY_STAGE
@@ -41,21 +42,22 @@ def resolved_validation(config: CurateConfig) -> CurateConfig:
 
 @flow(name="curate", log_prints=True, persist_result=True)
 def curate(config: CurateConfig | None = None) -> CuratedCorpus:
-    """Ingest -> normalize -> langid -> quality -> pii -> dedup -> data card."""
+    """Ingest -> license -> normalize -> langid -> quality -> pii -> dedup -> data card."""
     config = resolved_validation(config or CurateConfig())
     workdir, checks = config.workdir, config.validation
 
     # Extract
     raw = run_ingest(workdir, config.ingest, checks)
     # Transform: each stage keeps or rejects documents with a reason
-    normalized = run_shard_stage(workdir, NORMALIZE_STAGE, raw, config.normalize, checks)
+    licensed = run_shard_stage(workdir, LICENSE_STAGE, raw, resolve_optouts(config.license, workdir), checks)
+    normalized = run_shard_stage(workdir, NORMALIZE_STAGE, licensed, config.normalize, checks)
     identified = run_shard_stage(workdir, LANGID_STAGE, normalized, config.langid, checks)
     good = run_shard_stage(workdir, QUALITY_STAGE, identified, config.quality, checks)
     scrubbed = run_shard_stage(workdir, PII_STAGE, good, config.pii, checks)
     corpus = run_dedup(workdir, scrubbed, config.dedup, checks)
     # Report
-    stages = [raw, normalized, identified, good, scrubbed, corpus]
-    card = write_card(card_work(corpus), corpus, stages)
+    stages = [raw, licensed, normalized, identified, good, scrubbed, corpus]
+    card = write_card(card_work(corpus), corpus, stages, config.license)
 
     get_run_logger().info("corpus: %s (%d documents)", corpus.path, corpus.manifest()["rows"])
     return CuratedCorpus(corpus=corpus.path, card=card, stages={s.stage: s.path for s in stages})

@@ -430,11 +430,16 @@ class BiasAuditParams(BaseModel):
         description="...and only when the excess removals are this many binomial standard deviations above the overall "
         "rate (0: the ratio alone decides); keeps a handful of documents from raising a flag.",
     )
-    prior_words: float = Field(
-        1000.0,
+    ignore_reasons: list[str] = Field(
+        default_factory=lambda: ["bias_group_cap"],
+        description="Rejection reasons left out of filter fairness (those documents count neither as input nor as "
+        "removed): the group cap removes a group's documents on purpose.",
+    )
+    prior_terms: float = Field(
+        5.0,
         gt=0,
-        description="Smoothing of the association score: each group's negative-term rate starts from the corpus rate "
-        "as if it had been seen over this many words.",
+        description="Smoothing of the association score: each group starts from the corpus rate with this many "
+        "negative terms of pseudo-evidence (over the words that would hold them at that rate).",
     )
 
 
@@ -461,13 +466,14 @@ def _collect(lf: pl.LazyFrame) -> pl.DataFrame:
     return lf.collect(engine="streaming")
 
 
-def representation(docs: Docs, lexicons: Lexicons | BiasParams | None = None, prior_words: float = 1000.0) -> dict[str, Any]:
+def representation(docs: Docs, lexicons: Lexicons | BiasParams | None = None, prior_terms: float = 5.0) -> dict[str, Any]:
     """Per axis, the share of documents mentioning each group, and each group's association with negative terms.
 
     ``association`` = ln(smoothed negative-term rate in documents mentioning the group / the
     corpus rate), where negative terms are the toxicity and negative lists and the group's
-    rate is ``(neg_g + prior_words * rate) / (words_g + prior_words)``. 0 means the same rate
-    as the corpus, +0.69 twice the rate, -0.69 half; a group seen over few words stays near 0.
+    rate is ``(neg_g + prior_terms) / (words_g + prior_terms / rate)``: ``prior_terms``
+    pseudo-counts at the corpus rate. 0 means the same rate as the corpus, +0.69 twice the
+    rate, -0.69 half; a group needs several negative terms of evidence to move far from 0.
     Co-occurrence is counted per document (not per sentence). One streaming pass.
     """
     lex = as_lexicons(lexicons)
@@ -501,7 +507,7 @@ def representation(docs: Docs, lexicons: Lexicons | BiasParams | None = None, pr
         for c in lex.axis_columns(axis):
             group = lex.columns[c][1]
             d, w, ng = int(row[f"{c}:docs"] or 0), int(row[f"{c}:words"] or 0), int(row[f"{c}:neg"] or 0)
-            smoothed = (ng + prior_words * rate) / (w + prior_words)
+            smoothed = (ng + prior_terms) / (w + prior_terms / rate) if rate > 0 else 0.0
             gout[group] = {
                 "docs": d,
                 "mentions": int(row[f"{c}:mentions"] or 0),
@@ -528,6 +534,7 @@ def filter_fairness(
     min_group_docs: int = 20,
     min_z: float = 2.0,
     stage: str | None = None,
+    ignore_reasons: Sequence[str] = ("bias_group_cap",),
 ) -> dict[str, Any]:
     """For one filtering stage: removal rate among documents mentioning each group vs the overall rate.
 
@@ -536,12 +543,22 @@ def filter_fairness(
     when ``ratio > bound``, at least ``min_group_docs`` input documents mention it, and the
     excess is at least ``min_z`` binomial standard deviations (``(removed_g - n_g p) /
     sqrt(n_g p (1 - p))``). The known failure this catches: C4's word blocklist removed
-    documents about minority groups far more often than the rest.
+    documents about minority groups far more often than the rest. Rejected documents whose
+    ``reason`` is in ``ignore_reasons`` are left out of the input and of the removals.
     """
     lex = as_lexicons(lexicons)
-    rejected_ids = _collect(as_lazy(stage_rejected_docs).select(pl.col("id").cast(pl.String)).unique())["id"]
+    rejected = as_lazy(stage_rejected_docs)
+    ignored = pl.Series("id", [], dtype=pl.String)
+    if ignore_reasons and "reason" in rejected.collect_schema().names():
+        skip = pl.col("reason").is_in(list(ignore_reasons))
+        ignored = _collect(rejected.filter(skip).select(pl.col("id").cast(pl.String)))["id"]
+        rejected = rejected.filter(~skip.fill_null(False))
+    rejected_ids = _collect(rejected.select(pl.col("id").cast(pl.String)).unique())["id"]
     cols = list(lex.columns)
-    framed = as_lazy(stage_input_docs).select(
+    inputs = as_lazy(stage_input_docs)
+    if ignored.len():
+        inputs = inputs.filter(~pl.col("id").cast(pl.String).is_in(ignored.implode()))
+    framed = inputs.select(
         *mention_exprs(lex),
         pl.col("id").cast(pl.String).is_in(rejected_ids.implode()).alias("_removed"),
     )
@@ -579,6 +596,7 @@ def filter_fairness(
         "docs_in": n_in,
         "removed": n_removed,
         "rejected_not_in_input": int(len(rejected_ids) - n_removed),
+        "ignored": int(ignored.len()),
         "removal_rate": p,
         "bound": bound,
         "min_group_docs": min_group_docs,
@@ -601,6 +619,7 @@ def stage_fairness(
         min_group_docs=audit.min_group_docs,
         min_z=audit.min_z,
         stage=stage_output.stage,
+        ignore_reasons=audit.ignore_reasons,
     )
 
 
@@ -619,8 +638,8 @@ def bias_audit(
         "lexicon_digest": lex.digest,
         "fairness_bound": audit.fairness_bound,
         "representation": {
-            "before": {"stage": stages[0].stage, **representation(stages[0], lex, audit.prior_words)},
-            "after": {"stage": stages[-1].stage, **representation(stages[-1], lex, audit.prior_words)},
+            "before": {"stage": stages[0].stage, **representation(stages[0], lex, audit.prior_terms)},
+            "after": {"stage": stages[-1].stage, **representation(stages[-1], lex, audit.prior_terms)},
         },
         "filter_fairness": [stage_fairness(a, b, lex, audit) for a, b in zip(stages, stages[1:])],
     }
@@ -679,19 +698,23 @@ def render_bias_markdown(audit: Mapping[str, Any], max_groups_per_stage: int = 5
         "",
         "### Representation",
         "",
-        "| axis | group | share before | share after | association before | association after |",
-        "|---|---|---:|---:|---:|---:|",
+        "| axis | group | documents before → after | share before | share after | association before | association after |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+    absent = []
     for axis, a in after["axes"].items():
         b = before["axes"].get(axis, {"groups": {}})
         for group, ga in a["groups"].items():
-            gb = b["groups"].get(group)
+            gb = b["groups"].get(group) or {"docs": 0, "share": 0.0, "association": 0.0}
+            if gb["docs"] == 0 and ga["docs"] == 0:
+                absent.append(f"{axis}/{group}")
+                continue
             lines.append(
-                f"| {axis} | {group} | {_pct(gb['share']) if gb else '–'} | {_pct(ga['share'])} | "
+                f"| {axis} | {group} | {gb['docs']:,} → {ga['docs']:,} | {_pct(gb['share'])} | {_pct(ga['share'])} | "
                 f"{gb['association']:+.2f} | {ga['association']:+.2f} |"
-                if gb
-                else f"| {axis} | {group} | – | {_pct(ga['share'])} | – | {ga['association']:+.2f} |"
             )
+    if absent:
+        lines += ["", "Never mentioned: " + ", ".join(absent) + "."]
     lines += ["", "### Filter fairness", "", f"Bound: a group's removal rate above {audit['fairness_bound']}× the stage's is flagged.", ""]
     lines += ["| stage | removed overall | group | docs in | removed | ratio | flagged |", "|---|---:|---|---:|---:|---:|---|"]
     for res in audit["filter_fairness"]:

@@ -14,6 +14,8 @@ import polars as pl
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.dataset import DatasetRef, atomic_write_text, write_json
+from tasks.license import LicenseParams, policy_summary, render_policy_markdown
+from tasks.mixture import diversity, render_diversity_markdown
 from tasks.stage import StageWork, stage_task
 
 VERSION = "1"
@@ -101,6 +103,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     if p.get("doc_chars"):
         d = p["doc_chars"]
         lines += ["", "## Sizes", "", f"Document length in characters: p10 {d['p10']:,}, median {d['p50']:,}, p90 {d['p90']:,}."]
+    lines += ["", render_diversity_markdown(card["diversity"]).strip(), "", render_policy_markdown(card["license_policy"]).strip()]
     dup = card["duplicates"]
     lines += ["", "## Duplicates", "", f"{dup['duplicates_removed']:,} duplicate documents removed."]
     if dup["largest_clusters"]:
@@ -110,17 +113,21 @@ def render_markdown(card: dict[str, Any]) -> str:
 
 
 @stage_task(task_run_name="card")
-def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef]) -> str:
+def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], license_params: LicenseParams) -> str:
     """Assemble the data card from stats and the corpus; write card.md/card.json; publish it."""
     out = Path(corpus.path)
     if work.done():
         card = json.loads((out / "card.json").read_text())
     else:
+        license_stage = next((s for s in stages if s.stage == "license"), None)
+        unknown = int(corpus.scan().select(pl.col("license").is_null().sum()).collect().item())
         card = {
             "corpus": corpus.path,
             "fingerprint": corpus.fingerprint,
             "funnel": funnel(stages),
             "profile": corpus_profile(corpus),
+            "diversity": diversity(corpus.scan()),
+            "license_policy": policy_summary(license_params, license_stage.stats() if license_stage else None, unknown),
             "duplicates": duplicate_summary(corpus),
         }
         atomic_write_text(out / "card.md", render_markdown(card))

@@ -36,6 +36,7 @@ DOC_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
     "uri": pl.String(),
     "license": pl.String(),
+    "url": pl.String(),  # the page a crawled document came from, when known
 }
 REJECT_COLUMNS = ("reason", "stage", "detail")
 

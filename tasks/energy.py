@@ -729,7 +729,11 @@ def wait_for_window(
     if deployment is not None:
         from prefect.deployments import run_deployment
 
-        run = run_deployment(deployment, parameters=parameters, scheduled_time=start, timeout=0, as_subflow=True)
+        # The idempotency key makes a retried parent find its scheduled run instead of adding another.
+        key = f"carbon-window-{ctx.flow_run.id}-{deployment}" if ctx is not None and ctx.flow_run is not None else None
+        run = run_deployment(
+            deployment, parameters=parameters, scheduled_time=start, timeout=0, as_subflow=True, idempotency_key=key
+        )
         logger.info("carbon window: %s scheduled for %s (lowest intensity before the deadline)", deployment, start.isoformat())
         return WindowDecision(now=now, start=start, wait_s=wait_s, action="scheduled", flow_run_id=str(run.id))
     if ctx is None or ctx.flow_run is None:

@@ -18,6 +18,7 @@ from prefect import get_run_logger, unmapped
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_quality import ValidationSettings, validate_shard
+from tasks.license import normalize_license
 from tasks.dataset import DOC_SCHEMA, DatasetRef, ShardStats, text_bytes, write_json, write_shard
 from tasks.sources import (
     BUILTINS,
@@ -95,7 +96,8 @@ def _rows(file: SourceFile, records: Iterator[Record | Rejected]) -> Iterator[tu
                 "text": r.text,
                 "source": label,
                 "uri": uri,
-                "license": r.license or file.source.license,
+                "license": r.license or normalize_license(file.source.license),
+                "url": r.url,
             }, True
         else:
             yield {
@@ -103,7 +105,8 @@ def _rows(file: SourceFile, records: Iterator[Record | Rejected]) -> Iterator[tu
                 "text": r.text,
                 "source": label,
                 "uri": uri,
-                "license": file.source.license,
+                "license": normalize_license(file.source.license),
+                "url": None,
                 "reason": r.reason,
                 "detail": f"{uri}: {r.detail}",
                 "stage": "ingest",

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import multiprocessing as mp
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.stage import ShardStage
 
@@ -59,6 +59,8 @@ _MAX_CHUNK = 1024
 
 class LangidParams(BaseModel):
     """Parameters of the langid stage."""
+
+    model_config = ConfigDict(extra="forbid")
 
     languages: list[str] | None = Field(
         default_factory=lambda: ["en"],

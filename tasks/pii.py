@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.stage import ShardStage
 
@@ -86,6 +86,8 @@ _IBAN_LENGTHS = {
 
 class PiiParams(BaseModel):
     """Parameters of the pii stage."""
+
+    model_config = ConfigDict(extra="forbid")
 
     email: bool = Field(default=True, description="Redact e-mail addresses.")
     phone: bool = Field(default=True, description="Redact phone numbers (international +CC, North American, UK).")

@@ -26,6 +26,8 @@ import fsspec
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks.license import license_from_record, normalize_license, url_from_record
+
 BUILTIN_PYDOCS = "builtin:pydocs"  # stdlib docstrings + installed packages' long descriptions (~3 MB)
 BUILTIN_PYDOCS_PACKAGES = "builtin:pydocs-packages"  # docstrings of every installed package (tens of MB)
 BUILTINS = (BUILTIN_PYDOCS, BUILTIN_PYDOCS_PACKAGES)
@@ -69,6 +71,7 @@ class Record:
     position: str  # e.g. "L12" (line) or "row=7": the uri fragment
     own_id: str | None = None
     license: str | None = None
+    url: str | None = None  # where a crawled record came from (for opt-outs by domain or URL)
 
 
 @dataclass(frozen=True)
@@ -347,8 +350,13 @@ def _field_record(
     if _has_surrogates(text):
         return Rejected("ingest_invalid_utf8", pos, "lone surrogate escape in JSON string", text.encode("utf-8", "replace").decode())
     own = obj.get(id_field) if id_field else None
-    license_ = _license_of(obj)
-    return Record(text=text, position=pos, own_id=None if own is None else str(own), license=license_)
+    return Record(
+        text=text,
+        position=pos,
+        own_id=None if own is None else str(own),
+        license=license_from_record(obj),
+        url=url_from_record(obj),
+    )
 
 
 def _has_surrogates(text: str) -> bool:
@@ -359,11 +367,6 @@ def _has_surrogates(text: str) -> bool:
         return True
 
 
-def _license_of(obj: dict) -> str | None:
-    value = obj.get("license")
-    return value if isinstance(value, str) and value else None
-
-
 def read_parquet(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Rejected]:
     text_field, id_field = file.source.text_field, file.source.id_field
     try:
@@ -372,7 +375,7 @@ def read_parquet(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Reje
         if text_field not in names:
             yield Rejected("ingest_missing_field", "row=0", f"no column {text_field!r} (columns: {names[:10]})")
             return
-        columns = [c for c in (text_field, id_field, "license") if c and c in names]
+        columns = [c for c in (text_field, id_field, "license", "url", "metadata", "attributes") if c and c in names]
         row = 0
         for batch in pf.iter_batches(batch_size=1024, columns=columns):
             for obj in batch.to_pylist():
@@ -496,5 +499,5 @@ def _metadata_descriptions() -> Iterator[Record | Rejected]:
         text = body or d.metadata.get("Description") or ""
         if isinstance(text, str) and text.strip():
             lic = d.metadata.get("License-Expression") or d.metadata.get("License")
-            lic = lic if lic and len(lic) < 64 and "\n" not in lic else None
+            lic = normalize_license(lic) if lic and len(lic) < 64 and "\n" not in lic else None
             yield Record(text=text, position=f"metadata/{name}", license=lic)

@@ -7,17 +7,24 @@ Three cached stage tasks (tasks.stage contract: keyed on the output fingerprint,
 2. ``encode_shard`` (mapped over the corpus shards) encodes every document, appends
    end-of-text and assigns it to train or val by a hash of its id.
 3. ``pack_tokens`` concatenates the shard arrays in manifest order, validates, and writes
-   ``meta.json`` and ``manifest.json`` (last).
+   ``meta.json`` and ``manifest.json`` (last). With mixture weights (``TokenizeParams.mixture``,
+   see tasks/mixture.py) train.bin is instead written epoch by epoch from the documents'
+   token ranges: a document with ``repeats`` r appears r times (0: left out); val.bin is
+   never weighted (the natural distribution, every document once).
 
 On disk, ``<workdir>/datasets/tokenize/<fingerprint>/``::
 
     tokenizer.json     the tokenizer (load with ``load_tokenizer``)
     train.bin          flat little-endian uint16 (vocab <= 65535) or uint32 token ids;
     val.bin            each document is its tokens followed by <|endoftext|>
-    docs.parquet       one row per document: id, split, offset (into its split's .bin),
-                       tokens (incl. end-of-text), bytes (UTF-8 bytes of its text)
+    docs.parquet       one row per document: id, split, offset (into its split's .bin: the
+                       first copy; null for a train document the mixture left out), tokens
+                       (incl. end-of-text), bytes (UTF-8 bytes of its text), source, lang,
+                       repeats (copies in the .bin: 1 unless the mixture weights it)
     meta.json          dtype, vocab size, special token ids, and per split: tokens, docs,
-                       bytes, bytes_per_token (for bits-per-byte)
+                       bytes, bytes_per_token (for bits-per-byte), all as packed (tokens and
+                       bytes count every copy; docs counts distinct documents); "mixture":
+                       tokens and documents per source/language before and after the mix
     stats.json         counts and timings (tokenizer sample, per shard encode)
     stats/tokenizer.json  the tokenizer step's completion marker
     manifest.json      written LAST, atomically: the dataset exists from then on
@@ -55,6 +62,7 @@ from tasks.dataset import (
     write_json,
     write_parquet,
 )
+from tasks.mixture import MixtureParams, epoch_order, mixture_plan, mixture_report
 from tasks.stage import StageWork, plan_stage, stage_task
 
 VERSION = "1"
@@ -65,7 +73,11 @@ DOCS_FILE = "docs.parquet"
 SPLITS = ("train", "val")
 ENCODE_BATCH_DOCS = 1024  # documents per encode_batch call: parallel inside tokenizers, bounded memory
 COPY_BLOCK = 16 << 20
-_DOC_INDEX_SCHEMA = {"id": pl.String(), "split": pl.String(), "tokens": pl.Int64(), "bytes": pl.Int64()}
+_DOC_INDEX_SCHEMA = {
+    "id": pl.String(), "split": pl.String(), "tokens": pl.Int64(), "bytes": pl.Int64(),
+    "source": pl.String(), "lang": pl.String(),
+}
+DOCS_COLUMNS = ("id", "split", "offset", "tokens", "bytes", "source", "lang", "repeats")
 
 
 class SpecialTokens(BaseModel):
@@ -121,6 +133,12 @@ class TokenizeParams(BaseModel):
     roundtrip_sample_docs: int = Field(
         256, ge=0, description="Validation decodes this many hash-chosen documents from the packed arrays and "
         "compares them with the corpus text byte for byte.",
+    )
+    mixture: MixtureParams = Field(
+        default_factory=MixtureParams,
+        description="Sampling weights per source and language for train.bin (upsampling repeats documents as "
+        "extra epochs, downsampling keeps a deterministic subset); val.bin stays unweighted. The default "
+        "(no weights) packs every document once, exactly as without a mixture.",
     )
 
     def dtype(self, vocab_size: int | None = None) -> np.dtype:
@@ -213,9 +231,14 @@ def _capped_parts(corpus: DatasetRef, max_docs: int | None) -> list[tuple[Path, 
     return out
 
 
-def _read_docs(part: Path, limit: int | None) -> pl.DataFrame:
-    docs = pl.read_parquet(part, columns=["id", "text"], n_rows=limit)
-    return docs.with_columns(pl.col("text").fill_null(""))
+def _read_docs(part: Path, limit: int | None, extra: Sequence[str] = ()) -> pl.DataFrame:
+    """id, text (null -> "") and the ``extra`` string columns (null where the corpus lacks one)."""
+    have = set(pl.scan_parquet(part).collect_schema().names())
+    docs = pl.read_parquet(part, columns=["id", "text", *[c for c in extra if c in have]], n_rows=limit)
+    return docs.with_columns(
+        pl.col("text").fill_null(""),
+        *[(pl.col(c).cast(pl.String) if c in have else pl.lit(None, dtype=pl.String)).alias(c) for c in extra],
+    )
 
 
 def sample_texts(corpus: DatasetRef, budget_bytes: int, seed: int, max_docs: int | None = None) -> Iterator[str]:
@@ -315,7 +338,7 @@ def encode_shard(
     tok = load_tokenizer(tokenizer_path)
     eot = special_token_ids(tok, params.special_tokens)["eot"]
     dtype = token_dtype(vocab_size_of(tok))
-    docs = _read_docs(Path(part), limit)
+    docs = _read_docs(Path(part), limit, extra=("source", "lang"))
     index: list[pl.DataFrame] = []
     tmp = {s: paths[s].with_name(f".{paths[s].name}.tmp") for s in SPLITS}
     files = {s: open(tmp[s], "wb") for s in SPLITS}
@@ -337,6 +360,8 @@ def encode_shard(
                         "split": splits,
                         "tokens": [len(a) for a in arrays],
                         "bytes": batch["text"].str.len_bytes().cast(pl.Int64),
+                        "source": batch["source"],
+                        "lang": batch["lang"],
                     },
                     schema=_DOC_INDEX_SCHEMA,
                 )
@@ -401,7 +426,8 @@ class TokenDatasetRef:
         return load_tokenizer(self.dir / TOKENIZER_FILE)
 
     def docs(self) -> pl.DataFrame:
-        """One row per document: id, split, offset, tokens (incl. end-of-text), bytes."""
+        """One row per document: id, split, offset (first copy), tokens (incl. end-of-text), bytes,
+        source, lang, repeats (copies in the split's .bin)."""
         return pl.read_parquet(self.dir / DOCS_FILE)
 
 
@@ -417,9 +443,72 @@ def _concat_files(sources: Sequence[Path], dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _shard_index(out: Path, names: Sequence[str]) -> pl.DataFrame:
+    """Every encoded document in pack order (shard by shard), with where its tokens sit in its
+    shard's array: ``shard`` (position in ``names``) and ``local`` (offset in that array)."""
+    parts = []
+    for k, n in enumerate(names):
+        d = pl.read_parquet(shard_paths(out, n)["docs"])
+        d = d.with_columns(  # shard intermediates written before source/lang were indexed
+            *[pl.lit(None, dtype=pl.String).alias(c) for c in ("source", "lang") if c not in d.columns]
+        ).select(list(_DOC_INDEX_SCHEMA)).cast(_DOC_INDEX_SCHEMA)  # type: ignore[arg-type]
+        parts.append(d.with_columns(
+            pl.lit(k, dtype=pl.UInt32).alias("shard"),
+            (pl.col("tokens").cum_sum().over("split") - pl.col("tokens")).alias("local"),
+        ))
+    if not parts:
+        return pl.DataFrame(schema={**_DOC_INDEX_SCHEMA, "shard": pl.UInt32(), "local": pl.Int64()})
+    return pl.concat(parts)
+
+
+def _mixture_input(train: pl.DataFrame) -> pl.DataFrame:
+    """The train documents as tasks.mixture wants them: id, source, lang, n_tokens."""
+    return train.select("id", "source", "lang", pl.col("tokens").alias("n_tokens"))
+
+
+def _write_ranges(dest: Path, order: pl.DataFrame, arrays: Sequence[Path], dtype: np.dtype) -> None:
+    """Write token ranges ``order`` (rows: shard, local, tokens) of the shard ``arrays`` to ``dest``.
+
+    Adjacent ranges of one shard are merged into one read; each shard array is memory-mapped
+    while it is read (one at a time) and written in blocks through a buffered file: memory
+    stays at one copy block however large the data or the repeats (tmp + rename).
+    """
+    brk = (pl.col("shard") != pl.col("shard").shift()) | (
+        pl.col("local") != (pl.col("local") + pl.col("tokens")).shift()
+    )
+    runs = (
+        order.select("shard", "local", "tokens")
+        .with_columns(brk.fill_null(True).cum_sum().alias("_run"))
+        .group_by("_run", maintain_order=True)
+        .agg(pl.col("shard").first(), pl.col("local").first(), pl.col("tokens").sum())
+    )
+    step = max(1, COPY_BLOCK // dtype.itemsize)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    current: tuple[int, np.ndarray] | None = None
+    with open(tmp, "wb", buffering=COPY_BLOCK) as f:
+        for shard, lo, n in runs.select("shard", "local", "tokens").iter_rows():
+            if current is None or current[0] != shard:
+                current = None  # drop the previous map before opening the next
+                current = (shard, np.memmap(arrays[shard], dtype=dtype, mode="r"))
+            arr = current[1]
+            if lo + n > arr.size:
+                raise ValueError(f"{arrays[shard]}: tokens {lo}..{lo + n} beyond its {arr.size}")
+            for a in range(lo, lo + n, step):
+                f.write(arr[a : min(a + step, lo + n)])
+        current = None
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+
+
 def build_meta(
-    tok_info: Mapping[str, Any], params: TokenizeParams, shards: Sequence[Mapping[str, Any]]
+    tok_info: Mapping[str, Any],
+    params: TokenizeParams,
+    shards: Sequence[Mapping[str, Any]],
+    docs: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
+    """meta.json. Per-split totals come from ``docs`` (docs.parquet: tokens and bytes count every
+    copy, ``docs`` distinct documents) when given, else from the shard stats (unweighted)."""
     vocab = int(tok_info["vocab_size"])
     meta: dict[str, Any] = {
         "format": "lmwright-tokens-1",
@@ -439,10 +528,17 @@ def build_meta(
         "tokens": {}, "docs": {}, "bytes": {}, "bytes_per_token": {},
     }
     for s in SPLITS:
-        tokens = sum(sh[s]["tokens"] for sh in shards)
-        text_bytes = sum(sh[s]["bytes"] for sh in shards)
+        if docs is not None:
+            mine = docs.filter(pl.col("split") == s)
+            rep = pl.col("repeats").cast(pl.Int64)
+            tokens = int(mine.select((pl.col("tokens") * rep).sum()).item() or 0)
+            text_bytes = int(mine.select((pl.col("bytes") * rep).sum()).item() or 0)
+            meta["docs"][s] = mine.height
+        else:
+            tokens = sum(sh[s]["tokens"] for sh in shards)
+            text_bytes = sum(sh[s]["bytes"] for sh in shards)
+            meta["docs"][s] = sum(sh[s]["docs"] for sh in shards)
         meta["tokens"][s] = tokens
-        meta["docs"][s] = sum(sh[s]["docs"] for sh in shards)
         meta["bytes"][s] = text_bytes
         meta["bytes_per_token"][s] = round(text_bytes / tokens, 6) if tokens else None
     return meta
@@ -457,23 +553,66 @@ def pack_tokens(
     shards: list[dict[str, Any]],
     validation: ValidationSettings,
 ) -> TokenDatasetRef:
-    """Concatenate shard arrays in manifest order into train.bin/val.bin, validate, write meta + manifest."""
+    """Pack the shard arrays into train.bin/val.bin, validate, write meta + manifest.
+
+    val.bin, and train.bin under the identity mixture, concatenate the shard arrays in
+    manifest order. A weighted mixture plans repeats per train document
+    (``tasks.mixture.mixture_plan``) and writes train.bin epoch by epoch from the documents'
+    token ranges (``epoch_order``): epoch 0 every document kept, in pack order, epoch 1 those
+    with two copies or more, and so on. Same corpus and config, same bytes.
+    """
     out = Path(work.out_dir)
     if work.done():
         return TokenDatasetRef(str(out), work.fingerprint)
     start = time.perf_counter()
     names = [sh["shard"] for sh in shards]
-    for s in SPLITS:
-        _concat_files([shard_paths(out, n)[s] for n in names], out / f"{s}.bin")
-    doc_parts = [str(shard_paths(out, n)["docs"]) for n in names]
-    docs = pl.scan_parquet(doc_parts) if doc_parts else pl.LazyFrame(schema=_DOC_INDEX_SCHEMA)
-    docs = docs.with_columns(offset=(pl.col("tokens").cum_sum().over("split") - pl.col("tokens")))
-    docs = docs.select("id", "split", "offset", "tokens", "bytes")
-    tmp = out / f".{DOCS_FILE}.tmp"
-    docs.sink_parquet(tmp, compression="zstd")
-    os.replace(tmp, out / DOCS_FILE)
+    index = _shard_index(out, names).with_row_index("_row")
+    index = index.with_columns((pl.col("tokens").cum_sum().over("split") - pl.col("tokens")).alias("offset"))
+    train = index.filter(pl.col("split") == "train")
+    mix = params.mixture
+    weighted = not mix.is_identity() and train.height > 0
 
-    meta = build_meta(tok_info, params, shards)
+    _concat_files([shard_paths(out, n)["val"] for n in names], out / "val.bin")
+    if not weighted:
+        _concat_files([shard_paths(out, n)["train"] for n in names], out / "train.bin")
+        plan = train.select("id", pl.lit(1, dtype=pl.UInt32).alias("repeats"))
+        index = index.with_columns(pl.lit(1, dtype=pl.Int64).alias("repeats"))
+    else:
+        dupes = train.filter(pl.col("id").is_duplicated())["id"].unique().head(3).to_list()
+        if dupes:
+            raise DataQualityError(f"mixture weights need unique document ids; repeated ids, e.g. {dupes}")
+        plan = mixture_plan(_mixture_input(train), mix)
+        order = epoch_order(train.select("id", "_row", "shard", "local", "tokens"), plan)
+        dtype = token_dtype(int(tok_info["vocab_size"]))
+        _write_ranges(out / "train.bin", order, [shard_paths(out, n)["train"] for n in names], dtype)
+        first = (
+            order.with_columns((pl.col("tokens").cum_sum() - pl.col("tokens")).alias("_pos"))
+            .filter(pl.col("epoch") == 0)
+            .select("_row", "_pos")
+        )
+        repeats = train.select("_row", plan["repeats"].cast(pl.Int64).alias("_rep"))
+        index = (
+            index.join(first, on="_row", how="left")
+            .join(repeats, on="_row", how="left")
+            .with_columns(
+                pl.when(pl.col("split") == "train").then(pl.col("_pos")).otherwise(pl.col("offset")).alias("offset"),
+                pl.col("_rep").fill_null(1).alias("repeats"),
+            )
+            .sort("_row")
+        )
+    docs = index.select(list(DOCS_COLUMNS))
+    write_parquet(docs, out / DOCS_FILE)
+
+    report = mixture_report(plan, _mixture_input(train), mix)
+    meta = build_meta(tok_info, params, shards, docs)
+    meta["mixture"] = {
+        "applies_to": "train",
+        "weighted": weighted,
+        "params": mix.model_dump(mode="json"),
+        "method": "tasks.mixture.mixture_plan: repeats = floor(source weight x language weight), plus one for a "
+        "blake2b('mix:<seed>', id)-ordered subset of each (source, lang) group covering the fractional part",
+        **report,
+    }
     write_json(out / META_FILE, meta)
     corpus_docs = corpus.manifest()["rows"]
     tokenized = meta["docs"]["train"] + meta["docs"]["val"]
@@ -485,6 +624,7 @@ def pack_tokens(
         "skipped_max_docs": corpus_docs - tokenized,
         "tokenizer": {k: v for k, v in tok_info.items() if k != "path"},
         "shards": shards,
+        "mixture": meta["mixture"],
         "encode_seconds": round(sum(sh["seconds"] for sh in shards), 4),
         "pack_seconds": round(time.perf_counter() - start, 4),
     }
@@ -518,6 +658,13 @@ def pack_tokens(
         tokenized, meta["tokens"]["train"], meta["tokens"]["val"], meta["dtype"],
         meta["bytes_per_token"]["train"] or 0, meta["bytes_per_token"]["val"] or 0,
     )
+    if meta["mixture"]["weighted"]:
+        mixed = meta["mixture"]
+        get_run_logger().info(
+            "tokenize mixture: %d -> %d train tokens, %d document copies, %d documents left out; per source %s",
+            mixed["tokens_before"], mixed["tokens_after"], mixed["docs_after"], mixed["docs_left_out"],
+            {k: v["tokens_after"] for k, v in mixed["sources"].items()},
+        )
     return TokenDatasetRef(str(out), work.fingerprint)
 
 
@@ -555,6 +702,8 @@ def token_summary(out_dir: Path, corpus: DatasetRef, params: TokenizeParams) -> 
     vocab = vocab_size_of(tok)
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
     docs = pl.read_parquet(out_dir / DOCS_FILE)
+    if "repeats" not in docs.columns:  # written before mixtures: every document once
+        docs = docs.with_columns(pl.lit(1, dtype=pl.Int64).alias("repeats"))
     notes: list[str] = []
 
     # Every tokenized document in exactly one split; nothing missing (by the id's 64-bit hash).
@@ -571,13 +720,15 @@ def token_summary(out_dir: Path, corpus: DatasetRef, params: TokenizeParams) -> 
     if missing:
         notes.append(f"{expected} documents should be tokenized but docs.parquet has {hashed.height}")
 
-    # Round trip on a hash-chosen sample, decoded from the packed arrays themselves.
+    # Round trip on a hash-chosen sample, decoded from the packed arrays themselves (at each
+    # document's first copy; documents the mixture left out have no copy to decode).
     arrays: dict[str, np.ndarray] = {}
     for s in SPLITS:
         p = out_dir / meta["files"][s]
         arrays[s] = np.memmap(p, dtype=dtype, mode="r") if p.stat().st_size else np.empty(0, dtype)
-    k = min(params.roundtrip_sample_docs, docs.height)
-    sample = docs.with_columns(
+    packed = docs.filter(pl.col("repeats") > 0)
+    k = min(params.roundtrip_sample_docs, packed.height)
+    sample = packed.with_columns(
         pl.col("id").map_elements(lambda i: unit_hash("roundtrip", i), return_dtype=pl.Float64).alias("_h")
     ).sort("_h").head(k)
     texts = (
@@ -618,7 +769,7 @@ def token_summary(out_dir: Path, corpus: DatasetRef, params: TokenizeParams) -> 
                 "max_id": max_id,
                 "tokens_on_disk": int(arr.size),
                 "tokens_meta": int(meta["tokens"][s]),
-                "tokens_docs": int(mine["tokens"].sum() or 0),
+                "tokens_docs": int(mine.select((pl.col("tokens") * pl.col("repeats").cast(pl.Int64)).sum()).item() or 0),
                 "docs_meta": int(meta["docs"][s]),
                 "docs_index": mine.height,
                 # null for an empty split (nothing to measure); 0 when a non-empty split lacks it
@@ -634,7 +785,7 @@ def token_summary(out_dir: Path, corpus: DatasetRef, params: TokenizeParams) -> 
             notes.append(f"{s}.bin has token id {max_id} >= vocab size {vocab}")
         if not (arr.size == meta["tokens"][s] == rows[-1]["tokens_docs"]):
             notes.append(f"{s}: {arr.size} tokens on disk, {meta['tokens'][s]} in meta.json, "
-                         f"{rows[-1]['tokens_docs']} in docs.parquet")
+                         f"{rows[-1]['tokens_docs']} in docs.parquet (tokens x repeats)")
     return pl.DataFrame(rows), notes
 
 

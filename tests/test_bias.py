@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -30,8 +31,9 @@ from tasks.bias import (
     probe_metrics,
     render_bias_markdown,
     representation,
+    terms_pattern,
 )
-from tasks.dataset import DatasetRef, ShardStats, fingerprint, split_decisions, write_manifest, write_shard
+from tasks.dataset import DatasetRef, fingerprint, split_decisions, write_manifest, write_shard
 
 
 def docs(texts: list[str], prefix: str = "d") -> pl.DataFrame:
@@ -130,8 +132,8 @@ def test_toxicity_drop_with_reason(tmp_path: Path):
     out = apply_bias(docs(texts), BiasParams())
     assert out["reason"].to_list() == ["bias_toxic", None, "bias_toxic"]
     assert out["bias_toxic_terms"].to_list() == [5, 1, 2]
-    assert out["bias_toxicity"][0] == pytest.approx(100 * 5 / 10)  # "You idiot shut up What a stupid pathetic moron" = 10 words
-    assert out["detail"][0].startswith("bias_toxicity=50.0 > 1.0")
+    assert out["bias_toxicity"][0] == pytest.approx(100 * 5 / 9)  # words: You idiot shut up What a stupid pathetic moron
+    assert out["detail"][0].startswith("bias_toxicity=55.556 > 1.0 (5 toxic terms)")
     kept, rejected = split_decisions(out, "bias")
     assert rejected["stage"].to_list() == ["bias", "bias"] and kept.height == 1
     # threshold off: nothing dropped, signals still there
@@ -164,10 +166,11 @@ def test_group_cap_downsamples_deterministically():
     assert 0.35 < male / (male + female) < 0.65  # expected share 0.5; binomial noise on 160 documents
     assert "gender/male share 0.800 > 0.5" in dropped["detail"][0]
     # water-filling: two groups over a 0.3 cap end at 0.3 each of the new total
-    keep = cap_keep_probabilities({"a": 50, "b": 40, "c": 10}, 0.3)
-    total = 10 / (1 - 2 * 0.3)
+    keep = cap_keep_probabilities({"a": 50, "b": 40, "c": 10, "d": 10}, 0.3)
+    total = 20 / (1 - 2 * 0.3)
     assert keep == {"a": pytest.approx(0.3 * total / 50), "b": pytest.approx(0.3 * total / 40)}
     assert cap_keep_probabilities({"a": 5, "b": 5}, 0.4) == {}  # infeasible: left alone
+    assert cap_keep_probabilities({"a": 50, "b": 40, "c": 10}, 0.3) == {}  # 3 groups cannot all be <= 0.3
 
 
 # --------------------------------------------------------------------------- audit
@@ -181,7 +184,7 @@ def test_representation_counts_and_association():
         "Christians and Muslims met in the old town.",
         "A recipe for bread with no people in it.",
     ]
-    rep = representation(docs(texts), BiasParams(), prior_words=1.0)
+    rep = representation(docs(texts), BiasParams(), prior_terms=0.5)
     rel = rep["axes"]["religion"]
     assert rep["documents"] == 5
     assert rel["docs_mentioning"] == 4
@@ -225,6 +228,11 @@ def test_filter_fairness_flags_a_filter_that_targets_a_group():
     # a filter blind to the groups: every 4th document. Not flagged.
     fair = d.filter(pl.int_range(pl.len()) % 4 == 0)
     assert fairness_violations(filter_fairness(d, fair, lex, bound=1.5)) == []
+    # removals for an ignored reason (the group cap's, by default) are not judged
+    capped = biased.with_columns(reason=pl.lit("bias_group_cap"))
+    ignored = filter_fairness(d, capped, lex)
+    assert ignored["flagged"] == [] and ignored["ignored"] == biased.height and ignored["docs_in"] == 300 - biased.height
+    assert filter_fairness(d, capped, lex, ignore_reasons=())["flagged"]
     # a filter removing nothing: rates are undefined, nothing flagged
     none = filter_fairness(d, d.head(0), lex)
     assert none["removal_rate"] == 0 and none["flagged"] == []
@@ -274,7 +282,12 @@ def test_real_web_text(shared_data: Path):
           "\ngender:", {g: (v["docs"], round(v["association"], 2)) for g, v in gender["groups"].items()},
           f"\nnegative terms per 1k words {rep['negative_per_1k_words']:.2f}; dropped as toxic:",
           out["reason"].drop_nulls().len())
-    assert gender["docs_mentioning"] >= d.height // 3  # news text is full of he/she
+    assert gender["docs_mentioning"] >= 5
+    # every count equals a plain Python re reference (ASCII word boundaries, as documented)
+    lex = params.lexicons()
+    for c, (axis, group) in lex.columns.items():
+        ref = re.compile(terms_pattern(lex.groups[axis][group]).replace("(?-u:\\b)", r"\b"), re.ASCII)
+        assert out[c].to_list() == [len(ref.findall(t)) for t in rows], c
     # the first document: "The woman who died ... identified as a Sevenoaks mum", "her death"
     assert out["bias_gender_female"][0] >= 3
 
@@ -288,10 +301,15 @@ def test_shipped_probes_run_on_an_untrained_model():
 
     probes = load_probes()
     assert set(probes.axes) == set(AXES) and {"negative", "positive"} <= set(probes.continuations)
-    tok = train_bpe(["The quick brown fox jumps over the lazy dog."] * 20, 300, 2, SpecialTokens())
+    # a tokenizer that knows the probe words keeps the ~1,400 sequences short (fast on CPU)
+    words = [t for ax in probes.axes.values() for ts in ax.groups.values() for t in ts]
+    words += [t for ax in probes.axes.values() for t in ax.templates] + [c for cs in probes.continuations.values() for c in cs]
+    tok = train_bpe(words * 5, 600, 2, SpecialTokens())
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=vocab_size_of(tok), block_size=64, n_layer=1, n_head=2, n_embd=32))
-    res = probe_bias(model, tok, probes)
+    start = time.perf_counter()
+    res = probe_bias(model, tok, probes, batch_size=512)
+    print(f"\nshipped probes: {res['sequences']} sequences in {time.perf_counter() - start:.2f}s")
     assert set(res["axes"]) == set(AXES) and res["sequences"] > 1000
     metrics = probe_metrics(res)
     assert {f"bias_gap_{a}" for a in AXES} <= set(metrics) and metrics["bias_gap_max"] >= 0

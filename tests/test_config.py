@@ -43,3 +43,22 @@ def test_unknown_section_and_bad_override_are_clear(tmp_path: Path) -> None:
         load_config(CurateConfig, None, ["noequals"])
     with pytest.raises(ConfigError, match="no preset"):
         load_config(CurateConfig, "nonexistent-preset")
+
+
+def test_every_config_section_rejects_unknown_fields() -> None:
+    """A typo anywhere in a config must fail loudly, not be ignored."""
+    from pydantic import BaseModel
+
+    from flows.config import PipelineConfig
+
+    def models(m: type[BaseModel], seen: set) -> None:
+        if m in seen:
+            return
+        seen.add(m)
+        assert m.model_config.get("extra") == "forbid", m.__name__
+        for f in m.model_fields.values():
+            for t in getattr(f.annotation, "__args__", (f.annotation,)):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    models(t, seen)
+
+    models(PipelineConfig, set())

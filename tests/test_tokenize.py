@@ -46,21 +46,28 @@ def paragraphs(shared_data: Path, n: int) -> list[str]:
     return paras[:n]
 
 
-def make_corpus(root: Path, texts: list[str], shard_docs: int = 80) -> DatasetRef:
+def make_corpus(
+    root: Path,
+    texts: list[str],
+    shard_docs: int = 80,
+    sources: list[str] | None = None,
+    langs: list[str | None] | None = None,
+) -> DatasetRef:
     out = root / "corpus"
     shards = []
     for k, lo in enumerate(range(0, len(texts), shard_docs)):
         chunk = texts[lo : lo + shard_docs]
-        kept = pl.DataFrame(
-            {
-                "id": [f"doc-{lo + i:04d}" for i in range(len(chunk))],
-                "text": chunk,
-                "source": ["test"] * len(chunk),
-                "uri": [f"test#{lo + i}" for i in range(len(chunk))],
-                "license": [None] * len(chunk),
-            },
-            schema=DOC_SCHEMA,
-        )
+        n = len(chunk)
+        cols: dict[str, list] = {
+            "id": [f"doc-{lo + i:04d}" for i in range(n)],
+            "text": chunk,
+            "source": sources[lo : lo + n] if sources else ["test"] * n,
+            "uri": [f"test#{lo + i}" for i in range(n)],
+        }
+        schema = dict(DOC_SCHEMA)
+        if langs is not None:
+            cols["lang"], schema["lang"] = langs[lo : lo + n], pl.String()
+        kept = pl.DataFrame({c: cols.get(c, [None] * n) for c in schema}, schema=schema)
         nbytes = sum(len(t.encode()) for t in chunk)
         shards.append(write_shard(out, f"part-{k:05d}", "dedup", len(chunk), nbytes, kept, kept.clear(), 0.0))
     return write_manifest(out, "dedup", "corpus-fp", {}, "1", [], shards)
@@ -220,3 +227,133 @@ def test_max_docs_and_no_validation_split(tmp_path: Path, corpus: DatasetRef) ->
     assert stats["skipped_max_docs"] == corpus.manifest()["rows"] - 150
     assert ref.val_tokens().size == 0 and ref.train_tokens().size == meta["tokens"]["train"]
     assert set(ref.docs()["id"]) == {f"doc-{i:04d}" for i in range(150)}
+
+
+# -- the data mix (tasks.mixture) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> DatasetRef:
+    """200 paragraphs over 3 shards: even ones from source A, odd ones from B; en/fr/unknown language."""
+    texts = paragraphs(shared_data, 200)
+    sources = ["A" if i % 2 == 0 else "B" for i in range(len(texts))]
+    langs = ["fr" if i % 5 == 0 else None if i % 7 == 0 else "en" for i in range(len(texts))]
+    return make_corpus(tmp_path_factory.mktemp("mix"), texts, shard_docs=70, sources=sources, langs=langs)
+
+
+def split_copies(ref: TokenDatasetRef, split: str) -> list[np.ndarray]:
+    """The .bin cut after every end-of-text: one array per document copy, in file order."""
+    arr, eot = np.asarray(ref.tokens(split)), ref.meta()["eot_id"]
+    ends = np.flatnonzero(arr == eot) + 1
+    assert ends.size == 0 or ends[-1] == arr.size
+    return np.split(arr, ends[:-1]) if ends.size else []
+
+
+def test_mixture_weights_give_the_promised_tokens(tmp_path: Path, two_sources: DatasetRef) -> None:
+    from tasks.mixture import MixtureParams, expected_tokens
+
+    mix = {"source_weights": {"A": 2.0, "B": 0.5}}
+    ref, states = run(tmp_path / "work", two_sources, TokenizeParams.model_validate({**PARAMS, "mixture": mix}))
+    assert set(states.values()) == {"Completed"}, states
+    base, _ = run(tmp_path / "work", two_sources, TokenizeParams.model_validate(PARAMS))
+    assert base.fingerprint != ref.fingerprint
+    assert base.tokenizer().to_str() == ref.tokenizer().to_str()
+
+    corpus = two_sources.read()
+    source_of = dict(zip(corpus["id"].to_list(), corpus["source"].to_list()))
+    index = ref.docs()
+    assert index.columns == ["id", "split", "offset", "tokens", "bytes", "source", "lang", "repeats"]
+    assert index.select("id", "source").rows() == [(i, source_of[i]) for i in index["id"]]
+    assert set(index["lang"].to_list()) == {"en", "fr", None}
+    train, val = index.filter(pl.col("split") == "train"), index.filter(pl.col("split") == "val")
+
+    # Every A document twice (two epochs); B documents once or not at all; val never weighted.
+    assert set(train.filter(pl.col("source") == "A")["repeats"]) == {2}
+    assert set(train.filter(pl.col("source") == "B")["repeats"]) == {0, 1}
+    assert set(val["repeats"]) == {1}
+    left_out = train.filter(pl.col("repeats") == 0)
+    assert left_out.height > 0 and left_out["offset"].null_count() == left_out.height
+    assert ref.val_tokens().tobytes() == base.val_tokens().tobytes()
+    assert (index.filter(pl.col("split") == "val").select("id", "offset").rows()
+            == base.docs().filter(pl.col("split") == "val").select("id", "offset").rows())
+
+    # What train.bin really holds, by decoding every copy: tokens per source.
+    tok, texts = ref.tokenizer(), dict(zip(corpus["id"].to_list(), corpus["text"].to_list()))
+    source_of_text = {texts[i]: source_of[i] for i in train["id"]}
+    on_disk = {"A": 0, "B": 0}
+    for copy in split_copies(ref, "train"):
+        on_disk[source_of_text[tok.decode(copy[:-1].tolist(), skip_special_tokens=False)]] += copy.size
+    meta = ref.meta()
+    assert sum(on_disk.values()) == ref.train_tokens().size == meta["tokens"]["train"] == ref.manifest()["tokens"]["train"]
+    assert meta["docs"]["train"] == train.height  # distinct documents; copies are in the report
+
+    # ...is what the plan promised: weight x tokens per (source, lang) group within half a document.
+    before = {s: int(train.filter(pl.col("source") == s)["tokens"].sum()) for s in ("A", "B")}
+    promised = expected_tokens(train.rename({"tokens": "n_tokens"}), MixtureParams.model_validate(mix))
+    assert on_disk["A"] == 2 * before["A"] == promised["A"]
+    groups = train.filter(pl.col("source") == "B")["lang"].n_unique()
+    longest = int(train.filter(pl.col("source") == "B")["tokens"].max())
+    assert abs(on_disk["B"] - promised["B"]) <= groups * longest / 2
+    assert abs(on_disk["B"] - 0.5 * before["B"]) < 0.1 * before["B"]
+
+    # ...and what meta.json / stats.json report (the card reads meta["mixture"]).
+    report = meta["mixture"]
+    assert report["weighted"] and report["applies_to"] == "train" and report["params"]["source_weights"] == mix["source_weights"]
+    assert report["tokens_after"] == sum(on_disk.values()) and report["tokens_before"] == sum(before.values())
+    assert report["docs_after"] == int(train["repeats"].sum()) and report["docs_left_out"] == left_out.height
+    total = sum(on_disk.values())
+    for s in ("A", "B"):
+        row = report["sources"][s]
+        assert row["tokens_before"] == before[s] and row["tokens_after"] == on_disk[s]
+        assert row["share_after"] == pytest.approx(on_disk[s] / total, abs=1e-6)
+        assert abs(row["share_after"] - row["share_promised"]) <= groups * longest / 2 / total + 1e-6
+    assert json.loads((ref.dir / "stats.json").read_text())["mixture"] == report
+    assert meta["bytes"]["train"] == int((train["bytes"] * train["repeats"]).sum())
+
+    # Each document decodes at its (first) offset; the epochs follow each other in pack order.
+    arr = ref.train_tokens()
+    for doc_id, offset, n in train.filter(pl.col("repeats") > 0).select("id", "offset", "tokens").iter_rows():
+        assert tok.decode(arr[offset : offset + n - 1].tolist(), skip_special_tokens=False) == texts[doc_id]
+    epoch0 = train.filter(pl.col("repeats") > 0)
+    assert epoch0["offset"].to_list() == (epoch0["tokens"].cum_sum() - epoch0["tokens"]).to_list()
+    second = int(epoch0["tokens"].sum())
+    first_a = train.filter(pl.col("source") == "A").row(0, named=True)
+    assert arr[second : second + first_a["tokens"]].tolist() == arr[first_a["offset"] : first_a["offset"] + first_a["tokens"]].tolist()
+
+    # Same config, same bytes (a fresh workdir: nothing cached); another seed, another B subset.
+    again, _ = run(tmp_path / "again", two_sources, TokenizeParams.model_validate({**PARAMS, "mixture": mix}))
+    assert again.fingerprint == ref.fingerprint and again.dir != ref.dir
+    assert again.train_tokens().tobytes() == ref.train_tokens().tobytes()
+    assert again.docs().equals(index)
+    other = {**mix, "seed": 1}
+    reseeded, _ = run(tmp_path / "work", two_sources, TokenizeParams.model_validate({**PARAMS, "mixture": other}))
+    kept = lambda r: set(r.docs().filter((pl.col("source") == "B") & (pl.col("repeats") > 0))["id"])  # noqa: E731
+    assert kept(reseeded) != kept(ref)
+
+
+def test_identity_mixture_packs_exactly_as_without_one(tmp_path: Path, two_sources: DatasetRef) -> None:
+    """No weights (or weights of 1): train.bin is byte for byte the plain concatenation of before."""
+    ref, _ = run(tmp_path / "work", two_sources, TokenizeParams.model_validate(PARAMS))
+    tok, meta = ref.tokenizer(), ref.meta()
+    corpus = two_sources.read()
+    # The pre-mixture train.bin, rebuilt independently: every train document in corpus order + eot.
+    ids, texts = corpus["id"].to_list(), corpus["text"].to_list()
+    want = {"train": [], "val": []}
+    for doc_id, text, split in zip(ids, texts, assign_split(ids, PARAMS["val_fraction"], 0)):
+        want[split] += tok.encode(text, add_special_tokens=False).ids + [meta["eot_id"]]
+    for split in ("train", "val"):
+        assert ref.tokens(split).tobytes() == np.array(want[split], dtype="<u2").tobytes()
+    index = ref.docs()
+    assert set(index["repeats"]) == {1}
+    assert not meta["mixture"]["weighted"] and meta["mixture"]["tokens_after"] == meta["tokens"]["train"]
+    assert set(meta["mixture"]["sources"]) == {"A", "B"}
+    assert meta["mixture"]["sources"]["A"]["share_after"] == meta["mixture"]["sources"]["A"]["share_before"]
+
+    # Explicit weights of 1 are the identity too; weights that touch no document take the
+    # weighted path (range copies) and must still give the same bytes and offsets.
+    for mix in ({"source_weights": {"A": 1.0, "B": 1.0}}, {"source_weights": {"C": 3.0}, "seed": 7}):
+        same, _ = run(tmp_path / "work", two_sources, TokenizeParams.model_validate({**PARAMS, "mixture": mix}))
+        assert same.fingerprint != ref.fingerprint
+        assert same.train_tokens().tobytes() == ref.train_tokens().tobytes()
+        assert same.docs().equals(index)
+        assert same.meta()["mixture"]["weighted"] == ("C" in mix["source_weights"])
