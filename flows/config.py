@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_quality import ValidationSettings
+from tasks.bias import BiasAuditParams, BiasParams
 from tasks.dedup import DedupParams
 from tasks.evaluate import EvalParams
 from tasks.ingest import IngestParams
@@ -56,6 +57,10 @@ class CurateConfig(BaseModel):
     langid: LangidParams = Field(default_factory=LangidParams, description="Language identification and filtering.")
     quality: QualityParams = Field(default_factory=QualityParams, description="Gopher, C4 and FineWeb quality rules.")
     pii: PiiParams = Field(default_factory=PiiParams, description="Personal data redaction.")
+    bias: BiasParams = Field(default_factory=BiasParams, description="Group-mention and toxicity signals; toxic and group-cap filters.")
+    bias_audit: BiasAuditParams = Field(
+        default_factory=BiasAuditParams, description="Representation and filter-fairness audit in the data card."
+    )
     dedup: DedupParams = Field(default_factory=DedupParams, description="Exact and near-duplicate removal.")
     validation: ValidationSettings = Field(default_factory=ValidationSettings, description="Great Expectations checks.")
     runner: RunnerSettings = Field(default_factory=RunnerSettings, description="Task runner for shard-wise stages.")

@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from flows.config import CurateConfig
-from tasks.card import card_work, write_card
+from tasks.bias import BIAS_STAGE
+from tasks.card import CardInputs, card_work, write_card
 from tasks.dataset import DatasetRef
 from tasks.dedup import run_dedup
 from tasks.ingest import run_ingest
@@ -42,7 +43,7 @@ def resolved_validation(config: CurateConfig) -> CurateConfig:
 
 @flow(name="curate", log_prints=True, persist_result=True)
 def curate(config: CurateConfig | None = None) -> CuratedCorpus:
-    """Ingest -> license -> normalize -> langid -> quality -> pii -> dedup -> data card."""
+    """Ingest -> license -> normalize -> langid -> quality -> pii -> bias -> dedup -> data card."""
     config = resolved_validation(config or CurateConfig())
     workdir, checks = config.workdir, config.validation
 
@@ -54,10 +55,12 @@ def curate(config: CurateConfig | None = None) -> CuratedCorpus:
     identified = run_shard_stage(workdir, LANGID_STAGE, normalized, config.langid, checks)
     good = run_shard_stage(workdir, QUALITY_STAGE, identified, config.quality, checks)
     scrubbed = run_shard_stage(workdir, PII_STAGE, good, config.pii, checks)
-    corpus = run_dedup(workdir, scrubbed, config.dedup, checks)
+    fair = run_shard_stage(workdir, BIAS_STAGE, scrubbed, config.bias, checks)
+    corpus = run_dedup(workdir, fair, config.dedup, checks)
     # Report
-    stages = [raw, licensed, normalized, identified, good, scrubbed, corpus]
-    card = write_card(card_work(corpus), corpus, stages, config.license)
+    stages = [raw, licensed, normalized, identified, good, scrubbed, fair, corpus]
+    report = CardInputs(license=config.license, bias=config.bias, bias_audit=config.bias_audit, validation=checks)
+    card = write_card(card_work(corpus, report), corpus, stages, report)
 
     get_run_logger().info("corpus: %s (%d documents)", corpus.path, corpus.manifest()["rows"])
     return CuratedCorpus(corpus=corpus.path, card=card, stages={s.stage: s.path for s in stages})

@@ -13,7 +13,12 @@ from typing import Any
 import polars as pl
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.dataset import DatasetRef, atomic_write_text, write_json
+from pydantic import BaseModel
+from prefect import get_run_logger
+
+from data_quality import DataQualityError, ValidationSettings
+from tasks.bias import BiasAuditParams, BiasParams, audit_to_json, bias_audit, fairness_violations, render_bias_markdown
+from tasks.dataset import DatasetRef, atomic_write_text, fingerprint, write_json
 from tasks.license import LicenseParams, policy_summary, render_policy_markdown
 from tasks.mixture import diversity, render_diversity_markdown
 from tasks.stage import StageWork, stage_task
@@ -30,8 +35,18 @@ class CardWork(StageWork):
         return Path(self.out_dir) / "card.json"
 
 
-def card_work(corpus: DatasetRef) -> CardWork:
-    return CardWork(stage="card", fingerprint=f"{corpus.fingerprint}-{VERSION}", out_dir=corpus.path, unit="card")
+class CardInputs(BaseModel):
+    """What the card reports on besides the datasets: policies and the bias audit's settings."""
+
+    license: LicenseParams
+    bias: BiasParams
+    bias_audit: BiasAuditParams
+    validation: ValidationSettings
+
+
+def card_work(corpus: DatasetRef, inputs: CardInputs) -> CardWork:
+    settings = fingerprint("card", VERSION, inputs.model_dump(exclude={"validation"}), [corpus.fingerprint])
+    return CardWork(stage="card", fingerprint=settings, out_dir=corpus.path, unit="card")
 
 
 def funnel(stages: list[DatasetRef]) -> list[dict[str, Any]]:
@@ -87,6 +102,17 @@ def duplicate_summary(dedup: DatasetRef) -> dict[str, Any]:
     }
 
 
+def check_fairness(audit: dict[str, Any], validation: ValidationSettings) -> None:
+    """A filter that removes one group's documents far more than others fails the run (or warns)."""
+    violations = fairness_violations(audit)
+    if not violations:
+        return
+    message = "filter fairness: " + "; ".join(violations)
+    if validation.severity_for("bias_audit") == "fail":
+        raise DataQualityError(message + " (set validation.stage_severity.bias_audit=warn to only warn)")
+    get_run_logger().warning(message)
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     lines = ["# Data card", "", f"Corpus: `{card['corpus']}`", ""]
     p = card["profile"]
@@ -104,6 +130,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         d = p["doc_chars"]
         lines += ["", "## Sizes", "", f"Document length in characters: p10 {d['p10']:,}, median {d['p50']:,}, p90 {d['p90']:,}."]
     lines += ["", render_diversity_markdown(card["diversity"]).strip(), "", render_policy_markdown(card["license_policy"]).strip()]
+    lines += ["", render_bias_markdown(card["bias"]).strip()]
     dup = card["duplicates"]
     lines += ["", "## Duplicates", "", f"{dup['duplicates_removed']:,} duplicate documents removed."]
     if dup["largest_clusters"]:
@@ -113,7 +140,7 @@ def render_markdown(card: dict[str, Any]) -> str:
 
 
 @stage_task(task_run_name="card")
-def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], license_params: LicenseParams) -> str:
+def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], inputs: CardInputs) -> str:
     """Assemble the data card from stats and the corpus; write card.md/card.json; publish it."""
     out = Path(corpus.path)
     if work.done():
@@ -127,9 +154,11 @@ def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], li
             "funnel": funnel(stages),
             "profile": corpus_profile(corpus),
             "diversity": diversity(corpus.scan()),
-            "license_policy": policy_summary(license_params, license_stage.stats() if license_stage else None, unknown),
+            "license_policy": policy_summary(inputs.license, license_stage.stats() if license_stage else None, unknown),
+            "bias": audit_to_json(bias_audit(stages, inputs.bias, inputs.bias_audit)),
             "duplicates": duplicate_summary(corpus),
         }
+        check_fairness(card["bias"], inputs.validation)
         atomic_write_text(out / "card.md", render_markdown(card))
         write_json(out / "card.json", card)
     create_markdown_artifact(

@@ -34,6 +34,10 @@ class GateParams(BaseModel):
     )
     allow_overfitting: bool = Field(False, description="Promote even when the overfitting signal is raised.")
     max_response_loss: float | None = Field(None, gt=0, description="Highest acceptable held-out SFT response loss.")
+    max_bias_gap: float | None = Field(None, gt=0, description="Highest acceptable per-axis gap in mean log-likelihood across groups.")
+    max_valence_gap: float | None = Field(
+        None, gt=0, description="Highest acceptable per-axis gap in (negative - positive) continuation likelihood across groups."
+    )
 
 
 class EvalParams(BaseModel):
@@ -55,6 +59,9 @@ class EvalParams(BaseModel):
     sample_seed: int = Field(0, description="Seed of the sampling generator.")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy).")
     top_k: int | None = Field(50, ge=1, description="Sample among the top k tokens; null: all.")
+    bias_probes: str | None = Field(
+        "configs/lexicons/probes.yaml", description="Counterfactual probe templates (YAML); null: no bias probes."
+    )
     gate: GateParams = Field(default_factory=GateParams, description="Promotion thresholds.")
 
 

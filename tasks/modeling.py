@@ -41,6 +41,7 @@ from tasks.evaluate import (
     samples,
     unigram_loss,
 )
+from tasks.bias import load_probes, probe_bias, probe_gate_failures, probe_metrics
 from tasks.sft import SftDatasetRef
 from tasks.stage import StageWork, plan_stage, stage_task
 from tasks.tokenize import TokenDatasetRef, load_tokenizer
@@ -260,8 +261,18 @@ def evaluate_model(
     if sft is not None:
         ids, mask = sft.arrays("val")
         metrics["sft_response_loss"] = round(response_loss(model, ids, mask, params.batch_size, device), 5)
-    metrics["samples"] = samples(model, load_tokenizer(model_ref.tokenizer_path), params, device)
+    tokenizer = load_tokenizer(model_ref.tokenizer_path)
+    metrics["samples"] = samples(model, tokenizer, params, device)
     failures = gate_failures(metrics, params.gate)
+    if params.bias_probes:
+        try:
+            probes = probe_bias(model, tokenizer, load_probes(params.bias_probes), device)
+        except ValueError as e:  # e.g. a probe longer than the model's context
+            metrics["bias_probes_skipped"] = str(e)
+        else:
+            metrics["bias_probes"] = probes
+            metrics.update(probe_metrics(probes))
+            failures += probe_gate_failures(probes, params.gate.max_bias_gap, params.gate.max_valence_gap)
     metrics["gate"] = {"passed": not failures, "failures": failures}
     write_json(out / "metrics.json", metrics)
     _publish_metrics(work.unit or "model", metrics)
@@ -272,7 +283,8 @@ def evaluate_model(
 def _publish_metrics(name: str, metrics: dict[str, Any]) -> None:
     rows = [
         {"metric": k, "value": metrics[k]}
-        for k in ("val_loss", "val_ppl", "val_bpb", "train_loss", "unigram_loss", "sft_response_loss", "overfitting", "underfitting", "params")
+        for k in ("val_loss", "val_ppl", "val_bpb", "train_loss", "unigram_loss", "sft_response_loss", "overfitting",
+                  "underfitting", "bias_gap_max", "bias_valence_gap_max", "params")
         if k in metrics
     ]
     create_table_artifact(table=rows, key=f"metrics-{name}", description=f"Evaluation of {metrics['model']}")
