@@ -96,11 +96,11 @@ def throughput(texts: list[str], label: str, p: DedupParams) -> None:
         f"{label}: {len(texts)} docs {mb:.2f} MB | datasketch per-doc (sha1) {mb / t_ds:5.2f} MB/s"
         f" | ours {p.hash} {mb / t_ours:6.2f} MB/s {len(texts) / t_ours:7.0f} docs/s x{t_ds / t_ours:.2f}"
         f" (identical to datasketch+hashfunc on 100 docs {same_ours:.0%})"
-        f" | ours sha1 {mb / t_sha1:5.2f} MB/s x{t_ds / t_sha1:.2f} (identical {same_sha1:.2%}) | load {load()}"
+        f" | ours sha1 {mb / t_sha1:5.2f} MB/s x{t_ds / t_sha1:.2f} (identical {same_sha1:.2%}) | load avg {loadavg()}"
     )
 
 
-def load() -> str:
+def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
 

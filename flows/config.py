@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from data_quality import ValidationSettings
 from tasks.bias import BiasAuditParams, BiasParams
 from tasks.dedup import DedupParams
+from tasks.energy import CarbonWindow, EnergySettings
 from tasks.evaluate import EvalParams
 from tasks.ingest import IngestParams
 from tasks.langid import LangidParams
@@ -41,7 +42,9 @@ class RunnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["threads", "dask", "ray"] = Field("threads", description="Task runner: threads (local), dask or ray.")
-    max_workers: int | None = Field(None, ge=1, description="Thread pool size; default: Prefect's choice.")
+    max_workers: int | None = Field(
+        None, ge=1, description="Concurrent shard tasks (threads) or Dask workers; default: the number of CPU cores."
+    )
     address: str | None = Field(None, description="Address of an existing Dask/Ray cluster; default: a local one.")
 
 
@@ -63,6 +66,7 @@ class CurateConfig(BaseModel):
     )
     dedup: DedupParams = Field(default_factory=DedupParams, description="Exact and near-duplicate removal.")
     validation: ValidationSettings = Field(default_factory=ValidationSettings, description="Great Expectations checks.")
+    energy: EnergySettings = Field(default_factory=EnergySettings, description="Energy and CO2 measurement of every stage.")
     runner: RunnerSettings = Field(default_factory=RunnerSettings, description="Task runner for shard-wise stages.")
 
 
@@ -96,6 +100,9 @@ class PipelineConfig(CurateConfig):
     pretrain: TrainParams = Field(default_factory=TrainParams, description="Next-token pretraining.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Supervised fine-tuning.")
     evaluate: EvalParams = Field(default_factory=EvalParams, description="Metrics, samples and the promotion gate.")
+    carbon_window: CarbonWindow | None = Field(
+        None, description="Start training only in a low-carbon window (off-peak hours or an intensity profile); null: now."
+    )
 
 
 # Every flow config; a preset file may hold sections for any of them.

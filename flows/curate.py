@@ -45,17 +45,17 @@ def resolved_validation(config: CurateConfig) -> CurateConfig:
 def curate(config: CurateConfig | None = None) -> CuratedCorpus:
     """Ingest -> license -> normalize -> langid -> quality -> pii -> bias -> dedup -> data card."""
     config = resolved_validation(config or CurateConfig())
-    workdir, checks = config.workdir, config.validation
+    workdir, checks, energy = config.workdir, config.validation, config.energy
 
     # Extract
-    raw = run_ingest(workdir, config.ingest, checks)
+    raw = run_ingest(workdir, config.ingest, checks, energy)
     # Transform: each stage keeps or rejects documents with a reason
-    licensed = run_shard_stage(workdir, LICENSE_STAGE, raw, resolve_optouts(config.license, workdir), checks)
-    normalized = run_shard_stage(workdir, NORMALIZE_STAGE, licensed, config.normalize, checks)
-    identified = run_shard_stage(workdir, LANGID_STAGE, normalized, config.langid, checks)
-    good = run_shard_stage(workdir, QUALITY_STAGE, identified, config.quality, checks)
-    scrubbed = run_shard_stage(workdir, PII_STAGE, good, config.pii, checks)
-    fair = run_shard_stage(workdir, BIAS_STAGE, scrubbed, config.bias, checks)
+    licensed = run_shard_stage(workdir, LICENSE_STAGE, raw, resolve_optouts(config.license, workdir), checks, energy)
+    normalized = run_shard_stage(workdir, NORMALIZE_STAGE, licensed, config.normalize, checks, energy)
+    identified = run_shard_stage(workdir, LANGID_STAGE, normalized, config.langid, checks, energy)
+    good = run_shard_stage(workdir, QUALITY_STAGE, identified, config.quality, checks, energy)
+    scrubbed = run_shard_stage(workdir, PII_STAGE, good, config.pii, checks, energy)
+    fair = run_shard_stage(workdir, BIAS_STAGE, scrubbed, config.bias, checks, energy)
     corpus = run_dedup(workdir, fair, config.dedup, checks)
     # Report
     stages = [raw, licensed, normalized, identified, good, scrubbed, fair, corpus]

@@ -83,6 +83,7 @@ def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | No
         ledger = repair_ledger(workdir, latest)
         scan = scan_sources(config.ingest.sources, ledger, settings.trust_mtime)
         if not scan.new:
+            pending_path(workdir).unlink(missing_ok=True)  # a plan left by a run killed after its commit
             message = f"{NOTHING_NEW}: {len(scan.entries)} source file(s) unchanged since {ledger.version or 'the last refresh'}"
             logger.info(message)
             return _result(latest, 0, message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -11,7 +12,9 @@ from flows.config import RunnerSettings
 
 def build_task_runner(settings: RunnerSettings) -> Any:
     if settings.kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=settings.max_workers)
+        # Bounded: every running shard task holds its shard in memory, so an unbounded pool
+        # (Prefect's default) makes peak memory grow with the number of shards.
+        return ThreadPoolTaskRunner(max_workers=settings.max_workers or os.cpu_count() or 2)
     if settings.kind == "dask":
         try:
             from prefect_dask import DaskTaskRunner

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from flows.config import PipelineConfig
 from tasks.dataset import DatasetRef, write_json
+from tasks.energy import wait_for_window
 from tasks.modeling import ModelRef, evaluate_model, export_model, finetune_model, model_work, pretrain_model
 from tasks.model_card import render_model_card
 from tasks.sft import SftDatasetRef, run_sft_data
@@ -37,7 +38,9 @@ def train_flow(config: PipelineConfig, corpus: str, until: str = "finetune") -> 
     if until == "tokenize":
         return TrainedModels(tokens=tokens.path, pretrained="")
     work = model_work(workdir, "pretrain", config.pretrain, [tokens.fingerprint])
-    pretrained = pretrain_model(work, tokens, config.pretrain)
+    if config.carbon_window and not work.done():
+        wait_for_window(config.carbon_window)  # the run shows as Paused in the UI until the window opens
+    pretrained = pretrain_model(work, tokens, config.pretrain, energy=config.energy)
     if until == "pretrain" or not config.finetune.enabled:
         return TrainedModels(tokens=tokens.path, pretrained=pretrained.path)
 
@@ -45,7 +48,7 @@ def train_flow(config: PipelineConfig, corpus: str, until: str = "finetune") -> 
     sft = run_sft_data(workdir, tokens, config.finetune.data, block)
     ft_params = {"train": config.finetune.train, "lora": config.finetune.lora}
     work = model_work(workdir, "finetune", ft_params, [pretrained.fingerprint, sft.fingerprint])
-    finetuned = finetune_model(work, pretrained, sft, config.finetune.train, config.finetune.lora)
+    finetuned = finetune_model(work, pretrained, sft, config.finetune.train, config.finetune.lora, energy=config.energy)
     return TrainedModels(tokens=tokens.path, pretrained=pretrained.path, finetuned=finetuned.path, sft=sft.path)
 
 

@@ -19,6 +19,7 @@ from prefect import get_run_logger
 from data_quality import DataQualityError, ValidationSettings
 from tasks.bias import BiasAuditParams, BiasParams, audit_to_json, bias_audit, fairness_violations, render_bias_markdown
 from tasks.dataset import DatasetRef, atomic_write_text, fingerprint, write_json
+from tasks.energy import energy_markdown, energy_table
 from tasks.license import LicenseParams, policy_summary, render_policy_markdown
 from tasks.mixture import diversity, render_diversity_markdown
 from tasks.stage import StageWork, stage_task
@@ -62,6 +63,7 @@ def funnel(stages: list[DatasetRef]) -> list[dict[str, Any]]:
                 "rejected_by_reason": s["rejected_by_reason"],
                 "seconds": s["seconds"],
                 "mb_in": round(s["bytes_in"] / 1e6, 3),
+                "energy": s.get("energy"),
             }
         )
     return rows
@@ -131,6 +133,10 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines += ["", "## Sizes", "", f"Document length in characters: p10 {d['p10']:,}, median {d['p50']:,}, p90 {d['p90']:,}."]
     lines += ["", render_diversity_markdown(card["diversity"]).strip(), "", render_policy_markdown(card["license_policy"]).strip()]
     lines += ["", render_bias_markdown(card["bias"]).strip()]
+    energy = {row["stage"]: row["energy"] for row in card["funnel"] if row.get("energy")}
+    if energy:
+        modes = {e.get("mode") for e in energy.values()}
+        lines += ["", "## Energy", "", energy_markdown(energy_table(energy), "; ".join(sorted(m for m in modes if m)))]
     dup = card["duplicates"]
     lines += ["", "## Duplicates", "", f"{dup['duplicates_removed']:,} duplicate documents removed."]
     if dup["largest_clusters"]:

@@ -25,6 +25,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import polars as pl
 from pydantic import BaseModel
 
+from tasks.energy import merge_energy
+
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 COMPRESSION = "zstd"
@@ -184,6 +186,7 @@ class ShardStats:
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
     skipped_files: list[dict[str, str]] = field(default_factory=list)
+    energy: dict[str, Any] | None = None  # duration, kWh, CO2 of this shard's work (tasks/energy.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -196,6 +199,7 @@ class ShardStats:
             "seconds": round(self.seconds, 4),
             "reasons": dict(sorted(self.reasons.items())),
             "skipped_files": self.skipped_files,
+            "energy": self.energy,
         }
 
     @classmethod
@@ -210,6 +214,7 @@ class ShardStats:
             seconds=d["seconds"],
             reasons=dict(d["reasons"]),
             skipped_files=list(d.get("skipped_files", [])),
+            energy=d.get("energy"),
         )
 
 
@@ -240,6 +245,7 @@ def write_shard(
     rejected: pl.DataFrame,
     seconds: float,
     skipped_files: list[dict[str, str]] | None = None,
+    energy: dict[str, Any] | None = None,
 ) -> ShardStats:
     """Write one shard's kept and rejected documents, then its stats file (the shard's completion marker)."""
     stats = ShardStats(
@@ -252,6 +258,7 @@ def write_shard(
         seconds=seconds,
         reasons=dict(Counter(rejected["reason"].to_list())) if rejected.height else {},
         skipped_files=skipped_files or [],
+        energy=energy,
     )
     if stats.docs_in != stats.kept + stats.rejected:
         raise AssertionError(
@@ -311,6 +318,7 @@ def finalize_dataset(
         "seconds": round(sum(s.seconds for s in shards), 4),
         "shards": len(shards),
         "skipped_files": [f for s in shards for f in s.skipped_files],
+        "energy": merge_energy([s.energy for s in shards if s.energy]) if any(s.energy for s in shards) else None,
         **(extra_stats or {}),
     }
     write_json(out_dir / STATS, stats)

@@ -18,6 +18,7 @@ from prefect import get_run_logger, unmapped
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_quality import ValidationSettings, validate_shard
+from tasks.energy import EnergySettings, track
 from tasks.license import normalize_license
 from tasks.dataset import DOC_SCHEMA, DatasetRef, ShardStats, text_bytes, write_json, write_shard
 from tasks.sources import (
@@ -115,7 +116,12 @@ def _rows(file: SourceFile, records: Iterator[Record | Rejected]) -> Iterator[tu
 
 @stage_task(task_run_name="ingest-{work.unit}")
 def ingest_file(
-    work: StageWork, index: int, file: SourceFile, params: IngestParams, validation: ValidationSettings
+    work: StageWork,
+    index: int,
+    file: SourceFile,
+    params: IngestParams,
+    validation: ValidationSettings,
+    energy: EnergySettings | None = None,
 ) -> list[ShardStats]:
     """Read one source file into bounded shards of kept and rejected documents."""
     marker = work.marker
@@ -148,13 +154,15 @@ def ingest_file(
         )
         kept, rejected, size, start = [], [], 0, time.perf_counter()
 
-    for row, ok in _rows(file, read_records(file, params.max_doc_bytes, params.text_split)):
-        (kept if ok else rejected).append(row)
-        size += len(row["text"])
-        if len(kept) + len(rejected) >= params.shard_docs or size >= params.shard_bytes:
+    with track("ingest", energy) as used:
+        for row, ok in _rows(file, read_records(file, params.max_doc_bytes, params.text_split)):
+            (kept if ok else rejected).append(row)
+            size += len(row["text"])
+            if len(kept) + len(rejected) >= params.shard_docs or size >= params.shard_bytes:
+                flush()
+        if kept or rejected or not parts:
             flush()
-    if kept or rejected or not parts:
-        flush()
+    parts[-1].energy = used.to_json()  # the file's energy, booked on its last shard
     bad = sum(p.rejected for p in parts)
     if bad:
         get_run_logger().warning("%s: %d record(s) rejected, see rejected/ and stats.json", file.path, bad)
@@ -162,7 +170,9 @@ def ingest_file(
     return parts
 
 
-def run_ingest(workdir: str | Path, params: IngestParams, validation: ValidationSettings) -> DatasetRef:
+def run_ingest(
+    workdir: str | Path, params: IngestParams, validation: ValidationSettings, energy: EnergySettings | None = None
+) -> DatasetRef:
     """Expand sources into files, map ingest over them, finalize: the flow-side half of ingest."""
     logger = get_run_logger()
     files: list[SourceFile] = []
@@ -180,6 +190,7 @@ def run_ingest(workdir: str | Path, params: IngestParams, validation: Validation
         file=files,
         params=unmapped(params),
         validation=unmapped(validation),
+        energy=unmapped(energy),
     )
     shards = [s for f in futures for s in f.result()]
     return finalize_stage(

@@ -42,6 +42,7 @@ from tasks.evaluate import (
     unigram_loss,
 )
 from tasks.bias import load_probes, probe_bias, probe_gate_failures, probe_metrics
+from tasks.energy import EnergyRecord, EnergySettings, track, training_efficiency
 from tasks.sft import SftDatasetRef
 from tasks.stage import StageWork, plan_stage, stage_task
 from tasks.tokenize import TokenDatasetRef, load_tokenizer
@@ -197,7 +198,13 @@ def _finish(work: StageWork, result: TrainResult, extra: dict[str, Any]) -> Mode
 
 
 @stage_task(task_run_name="{work.stage}", retries=2)
-def pretrain_model(work: StageWork, tokens: TokenDatasetRef, params: TrainParams, init_from: str | None = None) -> ModelRef:
+def pretrain_model(
+    work: StageWork,
+    tokens: TokenDatasetRef,
+    params: TrainParams,
+    init_from: str | None = None,
+    energy: EnergySettings | None = None,
+) -> ModelRef:
     """Next-token training on the token arrays (from scratch, or continuing a checkpoint)."""
     if work.done():
         return ModelRef(work.stage, work.fingerprint, work.out_dir)
@@ -207,13 +214,19 @@ def pretrain_model(work: StageWork, tokens: TokenDatasetRef, params: TrainParams
     data = {"kind": "tokens", "train": str(Path(tokens.path) / "train.bin"), "val": str(Path(tokens.path) / "val.bin"),
             "dtype": meta["dtype"]}
     progress = TrainingProgress(work.stage, params.max_steps)
-    result = fit(out, data, params, meta["vocab_size"], Path(init_from) if init_from else None, progress)
-    return _finish(work, result, {"tokens": tokens.path, "init_from": init_from})
+    with track(work.stage, energy) as used:
+        result = fit(out, data, params, meta["vocab_size"], Path(init_from) if init_from else None, progress)
+    return _finish(work, result, {"tokens": tokens.path, "init_from": init_from, **_energy_extra(result, used)})
 
 
 @stage_task(task_run_name="{work.stage}", retries=2)
 def finetune_model(
-    work: StageWork, base: ModelRef, sft: SftDatasetRef, params: TrainParams, lora: LoraParams | None
+    work: StageWork,
+    base: ModelRef,
+    sft: SftDatasetRef,
+    params: TrainParams,
+    lora: LoraParams | None,
+    energy: EnergySettings | None = None,
 ) -> ModelRef:
     """Supervised fine-tuning from a pretrained checkpoint, loss on response tokens only."""
     if work.done():
@@ -222,8 +235,18 @@ def finetune_model(
     (out / "tokenizer.json").write_bytes(base.tokenizer_path.read_bytes())
     vocab = load_config(base.best)["vocab_size"]
     progress = TrainingProgress(work.stage, params.max_steps)
-    result = fit(out, {"kind": "sft", "dir": sft.path}, params, vocab, base.best, progress, lora=lora)
-    return _finish(work, result, {"base": base.path, "sft": sft.path, "lora": lora.model_dump() if lora else None})
+    with track(work.stage, energy) as used:
+        result = fit(out, {"kind": "sft", "dir": sft.path}, params, vocab, base.best, progress, lora=lora)
+    extra = {"base": base.path, "sft": sft.path, "lora": lora.model_dump() if lora else None, **_energy_extra(result, used)}
+    return _finish(work, result, extra)
+
+
+def _energy_extra(result: TrainResult, used: EnergyRecord) -> dict[str, Any]:
+    """Energy, CO2, FLOPs, tokens/s and tokens per joule of a training run (a resumed run: its last attempt)."""
+    return {
+        "energy": used.to_json(),
+        "efficiency": training_efficiency(result.flops, result.tokens_seen, result.seconds, used.energy_kwh),
+    }
 
 
 @stage_task(task_run_name="evaluate-{work.unit}")

@@ -21,6 +21,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from data_quality import DataQualityError, ValidationSettings, validate_shard, validate_stage
+from tasks.energy import EnergySettings, track
 from tasks.dataset import (
     DatasetRef,
     ShardStats,
@@ -157,15 +158,17 @@ def process_shard(
     input_part: str,
     params: Any,
     validation: ValidationSettings,
+    energy: EnergySettings | None = None,
 ) -> ShardStats:
     """Run one stage on one shard: decide, split, validate, write kept + rejected + stats."""
     if (done := read_shard_stats(Path(work.out_dir), work.unit)) is not None:
         return done
     start = time.perf_counter()
-    docs = pl.read_parquet(input_part)
-    decided = stage.apply(docs, params)
-    kept, rejected = split_decisions(decided, stage.name)
-    validate_shard(stage.name, kept, rejected, params, validation, shard=work.unit)
+    with track(stage.name, energy) as used:
+        docs = pl.read_parquet(input_part)
+        decided = stage.apply(docs, params)
+        kept, rejected = split_decisions(decided, stage.name)
+        validate_shard(stage.name, kept, rejected, params, validation, shard=work.unit)
     return write_shard(
         Path(work.out_dir),
         work.unit,
@@ -175,6 +178,7 @@ def process_shard(
         kept=kept,
         rejected=rejected,
         seconds=time.perf_counter() - start,
+        energy=used.to_json(),
     )
 
 
@@ -212,6 +216,7 @@ def run_shard_stage(
     source: DatasetRef,
     params: Any,
     validation: ValidationSettings,
+    energy: EnergySettings | None = None,
 ) -> DatasetRef:
     """Map ``stage`` over the shards of ``source`` and finalize: the flow-side half of a stage."""
     work = plan_stage(workdir, stage.name, stage.version, params, [source.fingerprint])
@@ -223,6 +228,7 @@ def run_shard_stage(
         input_part=[str(p) for p in parts],
         params=unmapped(params),
         validation=unmapped(validation),
+        energy=unmapped(energy),
     )
     shard_stats = [f.result() for f in futures]
     return finalize_stage(work, stage.version, params, [source], shard_stats, validation)
