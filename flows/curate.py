@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from flows.runners import default_task_runner
 from flows.config import CurateConfig
 from tasks.bias import BIAS_STAGE
 from tasks.card import CardInputs, card_work, write_card
@@ -41,7 +42,7 @@ def resolved_validation(config: CurateConfig) -> CurateConfig:
     return config.model_copy(update={"validation": config.validation.model_copy(update={"docs_dir": docs})})
 
 
-@flow(name="curate", log_prints=True, persist_result=True)
+@flow(name="curate", log_prints=True, persist_result=True, task_runner=default_task_runner())
 def curate(config: CurateConfig | None = None) -> CuratedCorpus:
     """Ingest -> license -> normalize -> langid -> quality -> pii -> bias -> dedup -> data card."""
     config = resolved_validation(config or CurateConfig())

@@ -7,6 +7,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from flows.runners import build_task_runner, default_task_runner
 from flows.config import PipelineConfig
 from flows.curate import curate
 from flows.train import Evaluation, TrainedModels, evaluate_flow, train_flow
@@ -36,11 +37,12 @@ class PipelineResult(BaseModel):
         return self.evaluation.export or self.evaluation.report
 
 
-@flow(name="pipeline", log_prints=True, persist_result=True)
+@flow(name="pipeline", log_prints=True, persist_result=True, task_runner=default_task_runner())
 def pipeline(config: PipelineConfig | None = None, until: Until = "export") -> PipelineResult:
     """Raw text to a trained, evaluated, exported model; every stage cached and validated."""
     config = config or PipelineConfig()
-    curated = curate(config)
+    # The data stages run where the config says (threads, Dask, Ray); training has its own launcher.
+    curated = curate.with_options(task_runner=build_task_runner(config.runner))(config)
     if until == "curate":
         return PipelineResult(corpus=curated.corpus, card=curated.card)
     models = train_flow(config, curated.corpus, until="finetune" if until in ("evaluate", "export") else until)

@@ -10,6 +10,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.config import RunnerSettings
 
 
+def default_task_runner() -> ThreadPoolTaskRunner:
+    """What flows use unless a config picks another runner: threads, one per core."""
+    return ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2)
+
+
 def build_task_runner(settings: RunnerSettings) -> Any:
     if settings.kind == "threads":
         # Bounded: every running shard task holds its shard in memory, so an unbounded pool

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel
 
+from flows.runners import default_task_runner
 from flows.config import PipelineConfig
 from tasks.dataset import DatasetRef, write_json
 from tasks.energy import wait_for_window
@@ -28,7 +29,7 @@ class TrainedModels(BaseModel):
     sft: str | None = None
 
 
-@flow(name="train", log_prints=True, persist_result=True)
+@flow(name="train", log_prints=True, persist_result=True, task_runner=default_task_runner())
 def train_flow(config: PipelineConfig, corpus: str, until: str = "finetune") -> TrainedModels:
     """Tokenize the corpus, pretrain on next-token prediction, then fine-tune on pairs."""
     workdir, checks = config.workdir, config.validation
@@ -60,7 +61,7 @@ class Evaluation(BaseModel):
     reasons: list[str]
 
 
-@flow(name="evaluate", log_prints=True, persist_result=True)
+@flow(name="evaluate", log_prints=True, persist_result=True, task_runner=default_task_runner())
 def evaluate_flow(config: PipelineConfig, models: TrainedModels, corpus_card: str | None = None, export: bool = True) -> Evaluation:
     """Score the final model on held-out data, gate it, export it, promote it if the gate passes."""
     workdir = config.workdir

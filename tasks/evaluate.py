@@ -45,7 +45,7 @@ class EvalParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(200_000, ge=1, description="Held-out tokens scored (in full, non-overlapping blocks).")
+    max_tokens: int = Field(100_000, ge=1, description="Held-out tokens scored (in full, non-overlapping blocks).")
     batch_size: int = Field(8, ge=1, description="Blocks per forward pass.")
     overfit_tolerance: float = Field(
         0.02, ge=0, description="Raise overfitting when final val loss exceeds its best by this much while train loss fell."
