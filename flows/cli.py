@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The embedded Prefect keeps its state in SQLite: let busy writers wait instead of failing.
+    os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
     # Imported late: Prefect, torch and the stages are slow to import; --help should not be.
     import json
 

@@ -24,6 +24,7 @@ from tasks.license import LicenseParams
 from tasks.normalize import NormalizeParams
 from tasks.pii import PiiParams
 from tasks.quality import QualityParams
+from tasks.refresh import RefreshSettings
 from tasks.sft import SftDataParams
 from tasks.tokenize import TokenizeParams
 from tasks.train import LoraParams, TrainParams
@@ -100,6 +101,9 @@ class PipelineConfig(CurateConfig):
     pretrain: TrainParams = Field(default_factory=TrainParams, description="Next-token pretraining.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Supervised fine-tuning.")
     evaluate: EvalParams = Field(default_factory=EvalParams, description="Metrics, samples and the promotion gate.")
+    refresh: RefreshSettings = Field(
+        default_factory=RefreshSettings, description="Nightly refresh: schedule, replay of old data, cross-version dedup."
+    )
     carbon_window: CarbonWindow | None = Field(
         None, description="Start training only in a low-carbon window (off-peak hours or an intensity profile); null: now."
     )

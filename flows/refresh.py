@@ -22,6 +22,7 @@ from flows.curate import curate
 from flows.train import Evaluation, TrainedModels, evaluate_flow
 from models.checkpoint import load_config
 from tasks.dataset import DatasetRef, file_sha256, is_complete
+from tasks.energy import wait_for_window
 from tasks.modeling import ModelRef, evaluate_model, finetune_model, model_work, pretrain_model
 from tasks.refresh import (
     NOTHING_NEW,
@@ -208,14 +209,16 @@ def continue_training(
     if init_from is not None and not Path(init_from).exists():
         raise FileNotFoundError(f"the promoted model's checkpoint {init_from} is gone: cannot continue from it")
     work = model_work(workdir, "pretrain", {"train": params, "init_from": init_from}, [tokens.fingerprint])
-    pretrained = pretrain_model(work, tokens, params, init_from=init_from)
+    if settings.carbon_window and not work.done():
+        wait_for_window(settings.carbon_window)  # choose when to train: Paused in the UI until the window opens
+    pretrained = pretrain_model(work, tokens, params, init_from=init_from, energy=config.energy)
     models = TrainedModels(tokens=tokens.path, pretrained=pretrained.path)
     if config.finetune.enabled:
         block = pretrained.load().config.block_size
         sft = run_sft_data(workdir, tokens, config.finetune.data, block)
         ft_params = {"train": config.finetune.train, "lora": config.finetune.lora}
         work = model_work(workdir, "finetune", ft_params, [pretrained.fingerprint, sft.fingerprint])
-        finetuned = finetune_model(work, pretrained, sft, config.finetune.train, config.finetune.lora)
+        finetuned = finetune_model(work, pretrained, sft, config.finetune.train, config.finetune.lora, energy=config.energy)
         models = models.model_copy(update={"finetuned": finetuned.path, "sft": sft.path})
     return models, init_from
 

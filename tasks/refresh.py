@@ -51,6 +51,7 @@ import fsspec
 import numpy as np
 import polars as pl
 from prefect import get_run_logger, task
+from tasks.energy import NIGHTLY_WINDOW, CarbonWindow
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_quality import DataQualityError, ValidationSettings
@@ -79,6 +80,11 @@ class RefreshSettings(BaseModel):
 
     cron: str = Field("0 2 * * *", description="Nightly schedule of the refresh deployment (cron syntax).")
     timezone: str = Field("UTC", description="IANA timezone the cron is read in (e.g. Europe/Berlin); never the server's.")
+    carbon_window: CarbonWindow | None = Field(
+        default_factory=lambda: NIGHTLY_WINDOW.model_copy(),
+        description="Continued training starts only in this low-carbon window (default: 22:00-06:00 Europe/Berlin, "
+        "12 h deadline); a refresh started outside it waits, Paused in the UI. null: train at once.",
+    )
     replay_fraction: float = Field(
         0.5,
         ge=0.0,
@@ -615,40 +621,53 @@ def mix_tokens(
     start = time.perf_counter()
     meta = new.meta()
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
-    new_docs = new.docs().with_columns(pl.lit(0).alias("source"))
-    pools = [r.docs().with_columns(pl.lit(k + 1).alias("source")) for k, r in enumerate(old)]
     for r in old:
         if r.meta()["dtype"] != meta["dtype"] or r.meta()["vocab_size"] != meta["vocab_size"]:
             raise ValueError(f"replay tokens {r.path} do not match the new tokens' vocabulary")
-    pool = pl.concat(pools) if pools else new_docs.head(0)
+    # Replay candidates: old documents present in their .bin (a mixture may have left some out), one copy each.
+    pools = [_packed_docs(r).with_columns(pl.lit(k + 1).alias("origin")) for k, r in enumerate(old)]
+    pool = pl.concat(pools, how="diagonal_relaxed") if pools else None
     salt = f"replay:{params.seed}:{new.fingerprint}"
-    budgets = {"train": replay_budget(meta["tokens"]["train"], params.replay_fraction)}
     new_val = meta["tokens"]["val"]
-    budgets["val"] = max(replay_budget(new_val, params.replay_fraction), max(params.min_val_tokens, min_val) - new_val)
-    refs = [new, *old]
-    chosen: dict[str, pl.DataFrame] = {}
+    budgets = {
+        "train": replay_budget(meta["tokens"]["train"], params.replay_fraction),
+        "val": max(replay_budget(new_val, params.replay_fraction), max(params.min_val_tokens, min_val) - new_val),
+    }
+    new_docs = new.docs().with_columns(pl.lit(0).alias("origin"))
+    index: list[pl.DataFrame] = []
+    replayed: dict[str, pl.DataFrame] = {}
     for split in ("train", "val"):
-        replay = _sample(pool.filter(pl.col("split") == split), budgets[split], f"{salt}:{split}")
-        chosen[split] = pl.concat([new_docs.filter(pl.col("split") == split), replay.sort("source", "offset")])
-        _write_split(out / f"{split}.bin", refs, chosen[split], split, dtype)
-    docs = pl.concat(
-        [c.with_columns(offset=(pl.col("tokens").cum_sum() - pl.col("tokens"))) for c in chosen.values()]
-    ).select("id", "split", "offset", "tokens", "bytes", pl.col("source").alias("origin"))
+        chosen = pool.filter(pl.col("split") == split) if pool is not None else None
+        replay = _sample(chosen, budgets[split], f"{salt}:{split}") if chosen is not None else None
+        replay = replay.sort("origin", "offset") if replay is not None else None
+        # the new split exactly as tokenize packed it (mixture repeats included), then the replay documents
+        base = int(meta["tokens"][split])
+        _write_split(out / f"{split}.bin", new.dir / meta["files"][split], old, replay, split, dtype)
+        if replay is not None and replay.height:
+            replay = replay.with_columns(
+                (base + pl.col("tokens").cum_sum() - pl.col("tokens")).alias("offset"), pl.lit(1).alias("repeats")
+            )
+            replayed[split] = replay
+        mine = new_docs.filter(pl.col("split") == split)
+        index += [mine] + ([replayed[split]] if split in replayed else [])
+    docs = pl.concat(index, how="diagonal_relaxed")
     docs.write_parquet(out / DOCS_FILE, compression="zstd")
     shutil.copyfile(new.dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
-    mixed_meta = {**meta, "tokens": {}, "docs": {}, "bytes": {}, "bytes_per_token": {}}
-    for split, c in chosen.items():
-        tokens, text_bytes = int(c["tokens"].sum() or 0), int(c["bytes"].sum() or 0)
-        mixed_meta["tokens"][split] = tokens
-        mixed_meta["docs"][split] = c.height
-        mixed_meta["bytes"][split] = text_bytes
-        mixed_meta["bytes_per_token"][split] = round(text_bytes / tokens, 6) if tokens else None
+    mixed_meta = json.loads(json.dumps(meta))
+    replay_tokens = {s: int(replayed[s]["tokens"].sum()) if s in replayed else 0 for s in ("train", "val")}
+    for split in ("train", "val"):
+        extra = replayed.get(split)
+        mixed_meta["tokens"][split] = int(meta["tokens"][split]) + replay_tokens[split]
+        mixed_meta["docs"][split] = int(meta["docs"][split]) + (extra.height if extra is not None else 0)
+        mixed_meta["bytes"][split] = int(meta["bytes"][split]) + (int(extra["bytes"].sum()) if extra is not None else 0)
+        t = mixed_meta["tokens"][split]
+        mixed_meta["bytes_per_token"][split] = round(mixed_meta["bytes"][split] / t, 6) if t else None
     mix_info = {
         "new": new.path,
         "replay_from": [r.path for r in old],
         "replay_fraction": params.replay_fraction,
-        "replay_tokens": {s: int(chosen[s].filter(pl.col("source") > 0)["tokens"].sum() or 0) for s in chosen},
-        "new_tokens": {s: int(chosen[s].filter(pl.col("source") == 0)["tokens"].sum() or 0) for s in chosen},
+        "replay_tokens": replay_tokens,
+        "new_tokens": {s: int(meta["tokens"][s]) for s in ("train", "val")},
     }
     mixed_meta["mix"] = mix_info
     write_json(out / META_FILE, mixed_meta)
@@ -660,7 +679,7 @@ def mix_tokens(
     write_json(out / "manifest.json", {
         "stage": MIX_STAGE, "fingerprint": work.fingerprint, "version": VERSION,
         "params": json.loads(canonical_json(params)),
-        "inputs": [{"path": r.path, "fingerprint": r.fingerprint} for r in refs],
+        "inputs": [{"path": r.path, "fingerprint": r.fingerprint} for r in [new, *old]],
         "dtype": meta["dtype"], "vocab_size": meta["vocab_size"],
         "tokens": mixed_meta["tokens"], "docs": mixed_meta["docs"], "files": files,
     })  # LAST
@@ -672,12 +691,25 @@ def mix_tokens(
     return TokenDatasetRef(str(out), work.fingerprint)
 
 
-def _write_split(dest: Path, refs: list[TokenDatasetRef], docs: pl.DataFrame, split: str, dtype: np.dtype) -> None:
+def _packed_docs(ref: TokenDatasetRef) -> pl.DataFrame:
+    docs = ref.docs()
+    if "repeats" in docs.columns:
+        docs = docs.filter(pl.col("repeats") > 0)
+    return docs.filter(pl.col("offset").is_not_null())
+
+
+def _write_split(
+    dest: Path, new_bin: Path, old: list[TokenDatasetRef], replay: pl.DataFrame | None, split: str, dtype: np.dtype
+) -> None:
+    """The new split's .bin copied whole, then each replay document's token range (tmp + rename)."""
     tmp = dest.with_name(f".{dest.name}.tmp")
-    arrays = {k: refs[k].tokens(split) for k in set(docs["source"].to_list())}
     with open(tmp, "wb") as f:
-        for src, offset, n in docs.select("source", "offset", "tokens").iter_rows():
-            f.write(np.asarray(arrays[src][offset : offset + n], dtype=dtype).tobytes())
+        with open(new_bin, "rb") as src:
+            shutil.copyfileobj(src, f, 16 << 20)
+        if replay is not None and replay.height:
+            arrays = {k: old[k - 1].tokens(split) for k in set(replay["origin"].to_list())}
+            for origin, offset, n in replay.select("origin", "offset", "tokens").iter_rows():
+                f.write(np.asarray(arrays[origin][offset : offset + n], dtype=dtype).tobytes())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, dest)

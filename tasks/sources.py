@@ -48,6 +48,7 @@ class SourceSpec(BaseModel):
     text_field: str = Field("text", description="JSONL/Parquet/CSV field holding the document text.")
     id_field: str | None = Field("id", description="Field holding a record's own id; kept as the document id when present.")
     license: str | None = Field(None, description="License declared for every document of this source (SPDX id); unknown stays null.")
+    files: list[str] | None = Field(None, description="Only these files of a directory source (paths relative to it).")
 
     @model_validator(mode="before")
     @classmethod
@@ -129,8 +130,10 @@ def list_source_files(spec: SourceSpec) -> tuple[list[SourceFile], list[dict[str
         if fmt is None:
             skipped.append({"file": url, "reason": "ingest_unsupported_format", "detail": "unknown file suffix"})
             continue
-        info = fs.info(p)
         relpath = Path(p).name if p == root else str(Path(p).relative_to(root))
+        if spec.files is not None and relpath not in spec.files:
+            continue
+        info = fs.info(p)
         mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or 0
         files.append(SourceFile(spec, url, relpath, int(info.get("size") or 0), _as_float(mtime), fmt))
     return files, skipped

@@ -94,11 +94,17 @@ def resolve_device(params: TrainParams) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def lr_at(step: int, p: TrainParams) -> float:
-    """Linear warmup, then cosine decay to min_lr over max_steps."""
+def lr_at(step: int, p: TrainParams, seconds: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to min_lr over max_steps or max_seconds, whichever ends first.
+
+    With a wall-clock budget the decay follows the clock, so a run cut by max_seconds ends
+    at min_lr instead of mid-schedule (the price: such a run is not bit-reproducible).
+    """
     if step < p.warmup_steps:
         return p.lr * (step + 1) / p.warmup_steps
     progress = min(1.0, (step - p.warmup_steps) / max(1, p.max_steps - p.warmup_steps))
+    if p.max_seconds:
+        progress = max(progress, min(1.0, seconds / p.max_seconds))
     return p.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (p.lr - p.min_lr)
 
 
@@ -215,7 +221,8 @@ def train(
     while step < params.max_steps:
         if step % params.eval_interval == 0 or step == params.max_steps - 1:
             losses = estimate_loss(runnable, batches, params, block, device, ctx)
-            record = {"step": step, **losses, "lr": lr_at(step, params), "seconds": time.perf_counter() - started}
+            elapsed = time.perf_counter() - started
+            record = {"step": step, **losses, "lr": lr_at(step, params, elapsed), "seconds": elapsed}
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             if progress and lead:
@@ -229,8 +236,9 @@ def train(
                 if params.patience is not None and state["bad_evals"] >= params.patience:
                     stopped = "early_stopping"
                     break
+        lr = lr_at(step, params, _lead_clock(time.perf_counter() - started, world, device) if params.max_seconds else 0.0)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, params)
+            group["lr"] = lr
         for micro in range(params.grad_accum):
             index = rank * params.grad_accum + micro
             x, y, m = batch_at(batches.train, batches.train_mask, block, params.batch_size, params.seed, step, index, device)
@@ -247,7 +255,7 @@ def train(
         state["seconds"] = time.perf_counter() - started
         if step % params.checkpoint_interval == 0 and lead:
             save_checkpoint(last, model, optimizer, _state(state, step))
-        if _out_of_time(params, state["seconds"], world):
+        if params.max_seconds and _lead_clock(state["seconds"], world, device) >= params.max_seconds:
             stopped = "max_seconds"
             break
     state["step"] = step
@@ -279,14 +287,13 @@ def train(
     )
 
 
-def _out_of_time(params: TrainParams, seconds: float, world: int) -> bool:
-    """Budget check; with several ranks the lead's clock decides for all (clocks differ, steps must not)."""
-    spent = bool(params.max_seconds and seconds >= params.max_seconds)
+def _lead_clock(seconds: float, world: int, device: str) -> float:
+    """The lead rank's elapsed seconds, on every rank: budgets and the schedule must agree across ranks."""
     if world == 1:
-        return spent
-    flag = torch.tensor([1 if spent else 0])
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        return seconds
+    clock = torch.tensor([seconds], dtype=torch.float64, device=device)  # NCCL needs it on the GPU
+    dist.broadcast(clock, src=0)
+    return float(clock.item())
 
 
 def _model_config(params: TrainParams, vocab_size: int, init_from: Path | None) -> GPTConfig:

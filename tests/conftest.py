@@ -8,6 +8,10 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The test harness keeps Prefect's state in SQLite; on a busy 2-core machine its writers
+# wait for each other longer than the default 10 s, and a timed-out write drops an event.
+os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
+os.environ.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT", "30")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

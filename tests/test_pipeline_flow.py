@@ -82,10 +82,17 @@ def _all_task_states(parent_flow_run_id) -> dict[str, str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id]))
-        )
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:  # subflow runs reach the API as events too
+        with get_client(sync_client=True) as client:
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id]))
+            )
+        if len(children) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     states: dict[str, str] = {}
     for run_id in [parent_flow_run_id, *[c.id for c in children]]:
         states.update(task_states(run_id))

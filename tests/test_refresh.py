@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 class SimulatedKill(RuntimeError):
     """Stands in for kill -9: the flow stops where it is (no commit step after it runs)."""
 
-SETTINGS = RefreshSettings(max_steps=20, min_val_tokens=600)
+SETTINGS = RefreshSettings(max_steps=20, min_val_tokens=600, carbon_window=None)
 
 
 def paragraphs(path: Path, skip: int = 40) -> list[str]:

@@ -104,7 +104,7 @@ def test_ui_style_trigger_with_custom_parameters(served: dict, shared_data: Path
     src = shared_data / "web" / "c4_en_sample_olmo.jsonl"
     workdir = tmp_path / "custom-work"
     # A partial config, as an API caller might send: every other field keeps its model default.
-    params = {"config": {"workdir": str(workdir), "ingest": {"sources": [str(src)]},
+    params = {"config": {"workdir": str(workdir), "ingest": {"sources": [{"path": str(src)}]},
                          "quality": {"gopher_quality": {"min_doc_words": 20}}}}
     out = trigger(served["api"], "curate/curate", params)
     run = out["run"]

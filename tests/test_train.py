@@ -145,3 +145,9 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert len(a) == len(b)
     # Same batches, same averaged gradients; only the order of float additions differs.
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
+
+
+def test_wall_clock_budget_drives_the_decay() -> None:
+    p = params(max_steps=1000, warmup_steps=0, lr=1.0, min_lr=0.0, max_seconds=100)
+    assert lr_at(10, p, seconds=50) == pytest.approx(0.5)  # halfway by the clock, 1% by steps
+    assert lr_at(10, p, seconds=100) == pytest.approx(0.0)
