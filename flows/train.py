@@ -12,7 +12,9 @@ from pydantic import BaseModel
 from flows.runners import default_task_runner
 from flows.config import PipelineConfig
 from tasks.dataset import DatasetRef, write_json
-from tasks.energy import wait_for_window
+from prefect.artifacts import create_table_artifact
+
+from tasks.energy import energy_table, wait_for_window
 from tasks.modeling import ModelRef, evaluate_model, export_model, finetune_model, model_work, pretrain_model
 from tasks.model_card import render_model_card
 from tasks.sft import SftDatasetRef, run_sft_data
@@ -80,11 +82,28 @@ def evaluate_flow(config: PipelineConfig, models: TrainedModels, corpus_card: st
     if not export:
         return Evaluation(report=work.out_dir, metrics=metrics, export=None, promoted=False, reasons=["export skipped"])
 
-    card = render_model_card(config, final, metrics, corpus_card)
+    card = render_model_card(config, final, metrics, corpus_card, tokens.meta())
+    publish_energy(corpus_card, [models.pretrained, models.finetuned])
     export_work = plan_stage(workdir, "export", "1", {"card": card}, [final.fingerprint], area="exports")
     hf_dir = export_model(export_work, final, metrics, card)
     promoted, reasons = promote(workdir, hf_dir, metrics)
     return Evaluation(report=work.out_dir, metrics=metrics, export=hf_dir, promoted=promoted, reasons=reasons)
+
+
+@task
+def publish_energy(corpus_card: str | None, model_dirs: list[str | None]) -> list[dict[str, Any]]:
+    """One table per run: time, energy and CO2 of every curation stage and training run, and the total."""
+    blocks: dict[str, Any] = {}
+    if corpus_card:
+        card = json.loads(Path(corpus_card).with_suffix(".json").read_text())
+        blocks.update({row["stage"]: row["energy"] for row in card["funnel"] if row.get("energy")})
+    for path in filter(None, model_dirs):
+        result = json.loads((Path(path) / "result.json").read_text())
+        if result.get("energy"):
+            blocks[Path(path).parent.name] = result["energy"]
+    rows = energy_table(blocks)
+    create_table_artifact(table=rows, key="energy-per-stage", description="Energy and CO2 per stage of this run")
+    return rows
 
 
 @task(retries=2, retry_delay_seconds=[1, 5])

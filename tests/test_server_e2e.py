@@ -112,3 +112,59 @@ def test_ui_style_trigger_with_custom_parameters(served: dict, shared_data: Path
     assert "data-card" in out["artifact_keys"]
     manifests = list((workdir / "datasets" / "dedup").glob("*/manifest.json"))
     assert len(manifests) == 1 and json.loads(manifests[0].read_text())["rows"] > 0
+
+
+def wait_final(api: str, run_id, timeout: float = 600):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(run_id)
+            if run.state and run.state.is_final():
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {run_id} still {run.state}")
+            time.sleep(1)
+
+
+def test_refresh_runs_one_at_a_time_then_only_new_files(served: dict, shared_data: Path, tmp_path: Path) -> None:
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.test_refresh import SETTINGS, paragraphs, refresh_config, write_paragraphs
+
+    src = tmp_path / "src"
+    src.mkdir()
+    paras = paragraphs(shared_data / "gutenberg" / "pg1342_pride_and_prejudice.txt")
+    write_paragraphs(src / "part1.txt", paras[:120])
+    workdir = tmp_path / "w"
+    params = {"config": refresh_config(workdir, src).model_dump(mode="json"), "settings": SETTINGS.model_dump(mode="json")}
+    api = served["api"]
+    with temporary_settings({PREFECT_API_URL: api}):
+        first = run_deployment("refresh/refresh", parameters=params, timeout=0)
+        wait_until(lambda: wait_state(api, first.id) in ("RUNNING", "COMPLETED"), 120, "the first refresh to start")
+        second = run_deployment("refresh/refresh", parameters=params, timeout=0)
+    first, second = wait_final(api, first.id), wait_final(api, second.id)
+    assert first.state.is_completed(), (first.state, served["log"].read_text()[-3000:])
+    assert second.state.is_cancelled(), second.state  # the concurrency limit (1, CANCEL_NEW) held
+    latest = json.loads((workdir / "corpus" / "latest.json").read_text())
+    assert latest["version"] == "v0001"
+
+    write_paragraphs(src / "part2.txt", paras[120:200])
+    with temporary_settings({PREFECT_API_URL: api}):
+        third = run_deployment("refresh/refresh", parameters=params, timeout=600)
+    assert third.state.is_completed(), third.state
+    manifest = json.loads((workdir / "corpus" / "v0002" / "manifest.json").read_text())
+    assert [Path(f).name for f in manifest["refresh"]["new_files"]] == ["part2.txt"]
+    assert manifest["rows"] > json.loads((workdir / "corpus" / "v0001" / "manifest.json").read_text())["rows"]
+
+
+def wait_state(api: str, run_id) -> str | None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    return run.state.type.value if run.state else None
