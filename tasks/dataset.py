@@ -15,12 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import polars as pl
 from pydantic import BaseModel
@@ -158,19 +157,8 @@ def write_parquet(df: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def prepare_output(path: Path) -> None:
-    """Make ``path`` ready for a fresh stage run; stale partial output is removed.
-
-    Per-shard outputs that finished (their stats file exists) are kept so a
-    re-run resumes; everything else in the directory is from a crash.
-    """
-    path.mkdir(parents=True, exist_ok=True)
 
 
-def discard_incomplete(path: Path) -> None:
-    """Delete a dataset directory that has no manifest (crash garbage)."""
-    if path.exists() and not is_complete(path):
-        shutil.rmtree(path)
 
 
 @dataclass
@@ -287,18 +275,12 @@ def shard_name(path: Path | str) -> str:
     return name.removesuffix(".parquet")
 
 
-def iter_parts(ref: DatasetRef) -> Iterator[pl.DataFrame]:
-    for p in ref.parts():
-        yield pl.read_parquet(p)
 
 
 def finalize_dataset(
     out_dir: Path,
     stage: str,
     fp: str,
-    params: Any,
-    version: str,
-    inputs: Sequence[DatasetRef],
     shards: Sequence[ShardStats],
     extra_stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -364,7 +346,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def empty_docs(extra: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:
-    return pl.DataFrame(schema={**DOC_SCHEMA, **(extra or {})})

@@ -25,7 +25,6 @@ from tasks.energy import EnergySettings, track
 from tasks.dataset import (
     DatasetRef,
     ShardStats,
-    discard_incomplete,
     finalize_dataset,
     fingerprint,
     is_complete,
@@ -197,7 +196,7 @@ def finalize_stage(
     if work.done():
         return DatasetRef(work.stage, work.fingerprint, str(out))
     validate_stage(work.stage, out, shards, params, validation)
-    stats = finalize_dataset(out, work.stage, work.fingerprint, params, version, inputs, shards, extra_stats)
+    stats = finalize_dataset(out, work.stage, work.fingerprint, shards, extra_stats)
     ref = write_manifest(out, work.stage, work.fingerprint, params, version, inputs, shards)
     get_run_logger().info(
         "%s: %d in, %d kept, %d rejected %s",
@@ -243,5 +242,4 @@ __all__ = [
     "run_shard_stage",
     "plan_stage",
     "stage_task",
-    "discard_incomplete",
 ]

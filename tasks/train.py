@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
