@@ -266,7 +266,7 @@ def _gather_ranges(offsets: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, 
 
 
 def jaccard_verified(values: np.ndarray, offsets: np.ndarray, i: np.ndarray, j: np.ndarray, threshold: float,
-                     chunk: int = 1 << 22) -> np.ndarray:
+                     chunk: int = 1 << 20) -> np.ndarray:
     """Mask of pairs whose exact Jaccard of shingle-hash sets is >= ``threshold``.
 
     Set ``d`` is ``values[offsets[d]:offsets[d+1]]`` (distinct values). Pairs are processed in

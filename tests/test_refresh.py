@@ -12,7 +12,7 @@ import pytest
 import tasks.refresh as refresh_tasks
 from flows.config import PipelineConfig, load_config
 from flows.refresh import RefreshResult, refresh
-from tasks.dataset import DatasetRef, read_manifest
+from tasks.dataset import DatasetRef
 from tasks.dedup import DedupParams
 from tasks.refresh import (
     EXACT_BAND,
