@@ -67,16 +67,9 @@ def edit_words(text: str, n: int, seed: int) -> str:
 
 def docs_frame(texts: list[str], prefix: str = "d") -> pl.DataFrame:
     n = len(texts)
-    return pl.DataFrame(
-        {
-            "id": [f"{prefix}{i}" for i in range(n)],
-            "text": texts,
-            "source": ["test"] * n,
-            "uri": [f"mem:{i}" for i in range(n)],
-            "license": [None] * n,
-        },
-        schema=DOC_SCHEMA,
-    )
+    given = {"id": [f"{prefix}{i}" for i in range(n)], "text": texts, "source": ["test"] * n, "uri": [f"mem:{i}" for i in range(n)]}
+    # every other column of the document schema (license, url, ...) left empty
+    return pl.DataFrame({c: given.get(c, [None] * n) for c in DOC_SCHEMA}, schema=DOC_SCHEMA)
 
 
 def clusters_of(texts: list[str], params: DedupParams | None = None) -> pl.DataFrame:
