@@ -121,6 +121,7 @@ def frame(records: list[dict[str, str]], path: Path) -> pl.DataFrame:
             "source": ["bench"] * len(records),
             "uri": [f"{path}#L{i + 1}" for i in range(len(records))],
             "license": [None] * len(records),
+            "url": [None] * len(records),
         },
         schema=DOC_SCHEMA,
     )
