@@ -73,9 +73,9 @@ TARGET_BPB = 2.31
 # keys are TrainParams fields, model.<GPTConfig field>, or vocab_size (the tokenizer's).
 SETTINGS: dict[str, Any] = {
     "vocab_size": 1024,
-    "batch_size": 16,
-    "lr": 3e-3,
-    "min_lr": 3e-4,
+    "batch_size": 32,
+    "lr": 6e-3,
+    "min_lr": 6e-4,
     "warmup_steps": 30,
     "weight_decay": 0.1,
     "beta2": 0.95,
