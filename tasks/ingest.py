@@ -184,6 +184,8 @@ def run_ingest(
     for s in skipped:
         logger.warning("skipped %s: %s (%s)", s["file"], s["reason"], s["detail"])
     work = plan_stage(workdir, "ingest", VERSION, params, source_fingerprints(files))
+    if work.done():  # every file already read: one cache hit instead of one per file
+        return finalize_stage(work, VERSION, params, [], [], validation)
     futures = ingest_file.map(
         [work.for_unit(unit_name(i)) for i in range(len(files))],
         index=list(range(len(files))),

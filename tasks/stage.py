@@ -219,6 +219,8 @@ def run_shard_stage(
 ) -> DatasetRef:
     """Map ``stage`` over the shards of ``source`` and finalize: the flow-side half of a stage."""
     work = plan_stage(workdir, stage.name, stage.version, params, [source.fingerprint])
+    if work.done():  # the whole stage is there: one cache hit instead of one per shard
+        return finalize_stage(work, stage.version, params, [source], [], validation)
     parts = source.parts()
     units = [work.for_unit(shard_name(p)) for p in parts]
     futures = process_shard.map(
