@@ -21,7 +21,10 @@ class ValidationSettings(BaseModel):
     enabled: bool = Field(True, description="Run the suites at all; off skips every check (not recommended).")
     severity: Severity = Field("fail", description="Default action when a suite fails: fail the stage or log a warning.")
     stage_severity: dict[str, Severity] = Field(
-        default_factory=dict, description="Per-stage override of `severity`, e.g. {quality: warn}."
+        # The bias audit's filter-fairness flags are findings to read in the data card, not
+        # data corruption: they warn unless a user asks them to fail the run.
+        default_factory=lambda: {"bias_audit": "warn"},
+        description="Per-stage override of `severity`, e.g. {quality: warn, bias_audit: fail}.",
     )
     docs_dir: str | None = Field(
         None,

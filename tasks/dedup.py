@@ -44,7 +44,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 from prefect import get_run_logger, unmapped
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_quality import ValidationSettings
 from tasks.dataset import DatasetRef, read_shard_stats, shard_name, write_json, write_parquet
@@ -60,6 +60,8 @@ DEDUP_COLUMNS = ("dup_cluster", "dup_of")
 
 class DedupParams(BaseModel):
     """Exact and near-duplicate removal (MinHash LSH over word n-grams)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     exact: bool = Field(True, description="Drop documents whose normalized text (lowercase, whitespace collapsed) equals an earlier document's.")
     near: bool = Field(True, description="Drop near-duplicates found by MinHash LSH and verified against `threshold`.")

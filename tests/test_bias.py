@@ -387,3 +387,17 @@ def test_probe_gap_larger_for_model_trained_on_skewed_corpus():
     assert s["valence_gap"] > b["valence_gap"] + 0.2
     assert s["gap_by_label"]["negative"] > b["gap_by_label"]["negative"] + 0.1
     assert s["groups"]["zorbian"]["valence"] > s["groups"]["quellian"]["valence"]  # the skew's direction
+
+
+def test_fairness_flags_warn_by_default_and_fail_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.card as card
+    from data_quality import DataQualityError, ValidationSettings
+
+    audit = {"flagged": True}
+    monkeypatch.setattr(card, "fairness_violations", lambda a: ["quality removed 40% of docs mentioning X vs 10%"])
+    warnings: list[str] = []
+    monkeypatch.setattr(card, "get_run_logger", lambda: type("L", (), {"warning": lambda self, m: warnings.append(m)})())
+    card.check_fairness(audit, ValidationSettings())
+    assert warnings and "quality removed" in warnings[0]
+    with pytest.raises(DataQualityError, match="filter fairness"):
+        card.check_fairness(audit, ValidationSettings(stage_severity={"bias_audit": "fail"}))
