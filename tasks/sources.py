@@ -34,7 +34,8 @@ BUILTINS = (BUILTIN_PYDOCS, BUILTIN_PYDOCS_PACKAGES)
 BINARY_SNIFF_BYTES = 8192
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".markdown", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson", ".json.gz", ".jsonl.gzip")
-Format = Literal["auto", "text", "jsonl", "parquet", "csv", "pydocs"]
+Format = Literal["auto", "text", "jsonl", "parquet", "csv"]
+FileFormat = Literal["text", "jsonl", "parquet", "csv", "pydocs"]  # "pydocs": the builtin corpus only
 
 
 class SourceSpec(BaseModel):
@@ -94,10 +95,10 @@ class SourceFile:
     relpath: str  # path inside the source, used for stable ids
     size: int
     mtime: float
-    format: Format
+    format: FileFormat
 
 
-def _suffix_format(path: str) -> Format | None:
+def _suffix_format(path: str) -> FileFormat | None:
     lower = path.lower()
     if lower.endswith(TEXT_SUFFIXES):
         return "text"
