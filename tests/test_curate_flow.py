@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 import flows.curate as curate_module
 from flows.config import CurateConfig, load_config
 from flows.curate import curate
 from tasks.dataset import DatasetRef, IncompleteDatasetError, read_manifest
 from tasks.stage import ShardStage
+from tests.prefect_states import by_stage, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -49,35 +47,6 @@ def run(config: CurateConfig) -> tuple[curate_module.CuratedCorpus, dict[str, st
     state = curate(config, return_state=True)
     result = state.result()
     return result, task_states(state.state_details.flow_run_id)
-
-
-def task_states(flow_run_id, settle_seconds: float = 15.0) -> dict[str, str]:
-    """task run name -> final state name (Completed, Cached, ...) for one flow run.
-
-    Task run states reach the API as events, flushed in the background: poll until every
-    run has a final state and no new run has appeared for a second.
-    """
-    deadline = time.monotonic() + settle_seconds
-    previous = -1
-    while True:
-        runs = []
-        with get_client(sync_client=True) as client:
-            while page := client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200, offset=len(runs)
-            ):
-                runs += page
-        settled = len(runs) == previous and all(r.state is not None and r.state.is_final() for r in runs)
-        if settled or time.monotonic() > deadline:
-            return {r.name: (r.state.name if r.state else "None") for r in runs}
-        previous = len(runs)
-        time.sleep(1.0)
-
-
-def by_stage(states: dict[str, str]) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for name, state in states.items():
-        out.setdefault(name.split("-")[0], set()).add(state)
-    return out
 
 
 def test_curate_caches_by_fingerprint_and_reruns_only_what_changed(tmp_path: Path, corpus_dir: Path) -> None:

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from datasketch import MinHash
 
-from tasks.dataset import DOC_SCHEMA, ShardStats, write_manifest, write_shard
+from tasks.dataset import DatasetRef, DOC_SCHEMA, ShardStats, write_manifest, write_shard
 from tasks.dedup import (
     REASON_EXACT,
     REASON_NEAR,

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+
+from tests.prefect_states import task_states
 from prefect import flow
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from data_quality import DataQualityError, ValidationSettings
 from tasks.dataset import DOC_SCHEMA, DatasetRef, write_manifest, write_shard
@@ -88,12 +88,7 @@ def tokenize_flow(workdir: str, corpus: DatasetRef, params: TokenizeParams) -> T
 
 def run(workdir: Path, corpus: DatasetRef, params: TokenizeParams) -> tuple[TokenDatasetRef, dict[str, str]]:
     state = tokenize_flow(str(workdir), corpus, params, return_state=True)
-    ref = state.result()
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])), limit=200
-        )
-    return ref, {r.name: r.state.name for r in runs}
+    return state.result(), task_states(state.state_details.flow_run_id)
 
 
 def decode_all(ref: TokenDatasetRef) -> dict[str, str]:
