@@ -30,3 +30,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+# Only one Prefect test server per session: Prefect's events worker is a process-wide
+# singleton, and a second harness that stops mid-session leaves it sending to a dead server.

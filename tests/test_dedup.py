@@ -223,14 +223,6 @@ def test_apply_joins_clusters(tmp_path: Path, web_texts: list[str]) -> None:
 # --- the flow ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
 def make_source(workdir: Path, shards: list[list[str]]) -> "DatasetRef":
     out = workdir / "datasets" / "pii" / "fp-test"
     stats: list[ShardStats] = []
