@@ -57,7 +57,7 @@ def curate(config: CurateConfig | None = None) -> CuratedCorpus:
     good = run_shard_stage(workdir, QUALITY_STAGE, identified, config.quality, checks, energy)
     scrubbed = run_shard_stage(workdir, PII_STAGE, good, config.pii, checks, energy)
     fair = run_shard_stage(workdir, BIAS_STAGE, scrubbed, config.bias, checks, energy)
-    corpus = run_dedup(workdir, fair, config.dedup, checks)
+    corpus = run_dedup(workdir, fair, config.dedup, checks, energy)
     # Report
     stages = [raw, licensed, normalized, identified, good, scrubbed, fair, corpus]
     report = CardInputs(license=config.license, bias=config.bias, bias_audit=config.bias_audit, validation=checks)

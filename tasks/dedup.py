@@ -47,9 +47,10 @@ from prefect import get_run_logger, unmapped
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_quality import ValidationSettings
-from tasks.dataset import DatasetRef, read_shard_stats, shard_name, write_json, write_parquet
+from tasks.dataset import DatasetRef, shard_name, write_json, write_parquet
 from tasks.minhash import band_hashes, minhash_signatures, normalize_expr, shingle_sets, signature_dtype
-from tasks.stage import ShardStage, StageWork, finalize_stage, plan_stage, process_shard, stage_task
+from tasks.energy import EnergySettings
+from tasks.stage import ShardStage, StageWork, finalize_stage, map_shards, plan_stage, stage_task
 
 STAGE = "dedup"
 VERSION = "2"  # 2: word_mix shingle hash by default, exact-Jaccard verification
@@ -456,15 +457,13 @@ def run_dedup(
     source: DatasetRef,
     params: DedupParams,
     validation: ValidationSettings,
+    energy: EnergySettings | None = None,
 ) -> DatasetRef:
     """The flow-side half of dedup: signatures (mapped) -> clusters -> per-shard apply -> finalize."""
     work = plan_stage(workdir, STAGE, VERSION, params, [source.fingerprint])
+    if work.done():  # finished before: one cache hit, and a deleted index is not rebuilt for it
+        return finalize_stage(work, VERSION, params, [source], [], validation)
     parts = source.parts()
-    units = [work.for_unit(shard_name(p)) for p in parts]
-    if work.done():  # finished before: don't rebuild a deleted index just to hit the cache
-        shard_stats = [read_shard_stats(Path(work.out_dir), u.unit) for u in units]
-        if all(s is not None for s in shard_stats):
-            return finalize_stage(work, VERSION, params, [source], shard_stats, validation)
 
     index = IndexWork(work.stage, work.fingerprint, work.out_dir)
     sig_futures = compute_signatures.map(
@@ -476,14 +475,7 @@ def run_dedup(
     clusters = find_clusters(index.for_unit("clusters"), signatures, params)
 
     apply_params = DedupApplyParams(**params.model_dump(), clusters=clusters["path"])
-    futures = process_shard.map(
-        units,
-        stage=unmapped(DEDUP),
-        input_part=[str(p) for p in parts],
-        params=unmapped(apply_params),
-        validation=unmapped(validation),
-    )
-    shard_stats = [f.result() for f in futures]
+    shard_stats = map_shards(work, DEDUP, source, apply_params, validation, energy)
     extra = {
         "dedup": {k: clusters[k] for k in (
             "clusters", "duplicates", "exact_duplicates", "near_duplicates",

@@ -221,18 +221,29 @@ def run_shard_stage(
     work = plan_stage(workdir, stage.name, stage.version, params, [source.fingerprint])
     if work.done():  # the whole stage is there: one cache hit instead of one per shard
         return finalize_stage(work, stage.version, params, [source], [], validation)
+    shard_stats = map_shards(work, stage, source, params, validation, energy)
+    return finalize_stage(work, stage.version, params, [source], shard_stats, validation)
+
+
+def map_shards(
+    work: StageWork,
+    stage: ShardStage,
+    source: DatasetRef,
+    params: Any,
+    validation: ValidationSettings,
+    energy: EnergySettings | None = None,
+) -> list[ShardStats]:
+    """Run ``stage`` on every shard of ``source`` as mapped tasks; the task runner decides where."""
     parts = source.parts()
-    units = [work.for_unit(shard_name(p)) for p in parts]
     futures = process_shard.map(
-        units,
+        [work.for_unit(shard_name(p)) for p in parts],
         stage=unmapped(stage),
         input_part=[str(p) for p in parts],
         params=unmapped(params),
         validation=unmapped(validation),
         energy=unmapped(energy),
     )
-    shard_stats = [f.result() for f in futures]
-    return finalize_stage(work, stage.version, params, [source], shard_stats, validation)
+    return [f.result() for f in futures]
 
 
 __all__ = [
@@ -242,6 +253,7 @@ __all__ = [
     "process_shard",
     "finalize_stage",
     "run_shard_stage",
+    "map_shards",
     "plan_stage",
     "stage_task",
 ]
