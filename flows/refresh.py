@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+import polars as pl
 from pydantic import BaseModel, Field
 
 from flows.config import PipelineConfig
@@ -37,6 +38,7 @@ from tasks.refresh import (
     index_params_of,
     ledger_path,
     new_source_specs,
+    next_version,
     pending_path,
     plan_refresh,
     read_latest,
@@ -48,8 +50,18 @@ from tasks.refresh import (
     write_ledger,
 )
 from tasks.sft import run_sft_data
+from tasks.license import LicenseParams, resolve_optouts
 from tasks.stage import plan_stage
 from tasks.tokenize import TOKENIZER_FILE, TokenDatasetRef, TokenizeParams, run_tokenize
+from tasks.withdraw import (
+    consent_params,
+    find_withdrawn,
+    record_withdrawn,
+    render_withdrawals_markdown,
+    withdraw_datasets,
+    withdrawal_report,
+    withdrawn_path,
+)
 
 REPORT_KEY = "refresh-report"
 
@@ -61,6 +73,7 @@ class RefreshResult(BaseModel):
     new_files: int = Field(description="Source files new or changed since the last successful refresh.")
     new_docs_kept: int = Field(0, description="New unique documents added to the corpus.")
     rejected_previous_version: int = Field(0, description="New documents that duplicate a document of an earlier version.")
+    withdrawn: int = Field(0, description="Documents of the last version whose owners withdrew consent since: left out of this one.")
     corpus_docs: int = Field(0, description="Documents in the current corpus version.")
     model: str | None = Field(None, description="The model this refresh trained (None when nothing was trained).")
     init_from: str | None = Field(None, description="The checkpoint it continued from (None: trained from scratch).")
@@ -83,7 +96,9 @@ def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | No
         latest = read_latest(workdir)
         ledger = repair_ledger(workdir, latest)
         scan = scan_sources(config.ingest.sources, ledger, settings.trust_mtime)
-        if not scan.new:
+        consent = consent_params(resolve_optouts(config.license, workdir))
+        withdrawn = find_withdrawn(latest, consent)
+        if not scan.new and not withdrawn.height:
             pending_path(workdir).unlink(missing_ok=True)  # a plan left by a run killed after its commit
             message = f"{NOTHING_NEW}: {len(scan.entries)} source file(s) unchanged since {ledger.version or 'the last refresh'}"
             logger.info(message)
@@ -91,79 +106,117 @@ def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | No
         plan = plan_refresh(workdir, latest, scan)
         logger.info("%d new or changed file(s) since %s", len(scan.new), latest["version"] if latest else "the start")
 
-        # Extract + transform: only the new files, deduplicated among themselves
-        specs = new_source_specs(config.ingest.sources, scan)
-        curated = curate(config.model_copy(update={"ingest": config.ingest.model_copy(update={"sources": specs})}))
-        # ... and against everything earlier versions kept
-        kept, index_part = run_previous_dedup(
-            workdir, curated.corpus_ref(), config.dedup, settings.threshold, latest, checks
-        )
-        stats = kept.stats()
-        n_kept, n_prev = stats["kept"], stats["rejected_by_reason"].get(REASON_PREVIOUS, 0)
-        n_id = stats["rejected_by_reason"].get(REASON_ID, 0)
+        # Consent withdrawn since the last version: those documents leave the corpus (and the replay pool)
+        base = withdraw_documents(workdir, config, latest, withdrawn, consent)
         committed = Ledger(
             version=latest["version"] if latest else None,
             files={**ledger.files, **{k: scan.entries[k] for k in scan.new}},
         )
-        if n_kept == 0:
+        n_kept = n_prev = n_id = 0
+        if scan.new:
+            # Extract + transform: only the new files, deduplicated among themselves
+            specs = new_source_specs(config.ingest.sources, scan)
+            curated = curate(config.model_copy(update={"ingest": config.ingest.model_copy(update={"sources": specs})}))
+            # ... and against everything earlier versions kept
+            kept, index_part = run_previous_dedup(
+                workdir, curated.corpus_ref(), config.dedup, settings.threshold, base, checks,
+                withdrawn=withdrawn_path(workdir) if withdrawn_path(workdir).is_file() else None,
+            )
+            stats = kept.stats()
+            n_kept, n_prev = stats["kept"], stats["rejected_by_reason"].get(REASON_PREVIOUS, 0)
+            n_id = stats["rejected_by_reason"].get(REASON_ID, 0)
+        if n_kept == 0 and not withdrawn.height:
             write_ledger(ledger_path(workdir), committed)  # the files are seen; the corpus is unchanged
             pending_path(workdir).unlink(missing_ok=True)
             message = f"{NOTHING_NEW}: {len(scan.new)} new file(s), no new unique documents ({n_prev} already in the corpus)"
             logger.info(message)
             return _result(latest, len(scan.new), message, rejected=n_prev)
 
-        # Train: new tokens + replay of old ones, continuing from the promoted model
-        tokens, new_tokens = tokenize_and_mix(workdir, config, settings, plan, kept, latest)
-        models, init_from = continue_training(workdir, config, settings, plan, tokens)
-        evaluation = evaluate_refresh(config, settings, plan, models, curated.card)
-
-        # Load: commit the version (index file, ledger snapshot, manifest, then latest.json)
-        final = models.finetuned or models.pretrained
-        info = {
-            "new_files": scan.new,
-            "curated": curated.corpus,
-            "stages": curated.stages,
-            "card": curated.card,
-            "kept": n_kept,
-            "rejected_previous_version": n_prev,
-            "rejected_previous_id": n_id,
-            "tokens": tokens.path,
-            "model": final,
-            "init_from": init_from,
-            "promoted": evaluation.promoted,
-            "reasons": evaluation.reasons,
+        info: dict[str, Any] = {
+            "new_files": scan.new, "kept": n_kept, "rejected_previous_version": n_prev, "rejected_previous_id": n_id,
+            "withdrawn": withdrawn.height, "model": None, "init_from": None, "promoted": False, "reasons": [],
         }
+        added, index_file = None, None
+        if n_kept:
+            # Train: new tokens + replay of old ones, continuing from the promoted model
+            tokens, new_tokens = tokenize_and_mix(workdir, config, settings, plan, kept, base)
+            models, init_from = continue_training(workdir, config, settings, plan, tokens)
+            evaluation = evaluate_refresh(config, settings, plan, models, curated.card)
+            info |= {
+                "curated": curated.corpus, "stages": curated.stages, "card": curated.card, "tokens": tokens.path,
+                "model": models.finetuned or models.pretrained, "pretrained": models.pretrained, "init_from": init_from,
+                "promoted": evaluation.promoted, "reasons": evaluation.reasons,
+            }
+            added, index_file = dataset_entry(kept, "", new_tokens), Path(index_part["path"])
+
+        # Load: commit the version (index file, ledger snapshot, card, manifest, then latest.json)
+        report = withdrawal_report(workdir)
         manifest = commit_version(
-            workdir,
-            latest,
-            dataset_entry(kept, "", new_tokens),
-            Path(index_part["path"]),
-            index_params_of(config.dedup),
-            committed,
-            info,
+            workdir, base, added, index_file, index_params_of(config.dedup), committed, info,
+            card=corpus_card(base, added, report),
         )
         pending_path(workdir).unlink(missing_ok=True)
 
-    verdict = "promoted" if evaluation.promoted else "not promoted (" + "; ".join(evaluation.reasons) + ")"
-    message = (
-        f"{manifest['version']}: {len(scan.new)} new file(s), {n_kept} new document(s) kept, "
-        f"{n_prev} duplicate(s) of earlier versions rejected; corpus {manifest['rows']} documents; "
-        f"model {'continued from ' + init_from if init_from else 'trained from scratch'}, {verdict}"
-    )
+    message = _message(manifest, info)
     logger.info(message)
-    _publish(manifest, message)
+    _publish(manifest, message, report)
     return RefreshResult(
         version=manifest["version"],
         new_files=len(scan.new),
         new_docs_kept=n_kept,
         rejected_previous_version=n_prev,
+        withdrawn=withdrawn.height,
         corpus_docs=manifest["rows"],
-        model=final,
-        init_from=init_from,
-        promoted=evaluation.promoted,
-        reasons=evaluation.reasons,
+        model=info["model"],
+        init_from=info["init_from"],
+        promoted=info["promoted"],
+        reasons=info["reasons"],
         message=message,
     )
+
+
+def withdraw_documents(
+    workdir: str, config: PipelineConfig, latest: dict[str, Any] | None, withdrawn: pl.DataFrame, consent: LicenseParams
+) -> dict[str, Any] | None:
+    """``latest`` as the next version starts from: each dataset holding a withdrawn document replaced by
+    its re-filtered copy (token arrays dropped, so the replay pool is encoded again without them)."""
+    if latest is None or not withdrawn.height:
+        return latest
+    version = next_version(latest)
+    record_withdrawn(workdir, withdrawn, version)
+    refiltered = withdraw_datasets(workdir, latest, withdrawn, consent, config.validation, config.energy)
+    datasets = [
+        d if ref is None else {**dataset_entry(ref, d["added_in"], None), "withdrawn_from": d["path"]}
+        for d, ref in zip(latest["datasets"], refiltered)
+    ]
+    get_run_logger().warning(
+        "consent withdrawn for %d document(s): %s leaves them out; models trained on them still contain them "
+        "(see the version's card)", withdrawn.height, version,
+    )
+    return {**latest, "datasets": datasets, "rows": sum(d["rows"] for d in datasets)}
+
+
+def corpus_card(base: dict[str, Any] | None, added: dict[str, Any] | None, withdrawals: dict[str, Any] | None) -> str:
+    """The version's card: its datasets and, if any, the withdrawn documents and the models that still contain them."""
+    datasets = [*(base["datasets"] if base else []), *([{**added, "added_in": "this version"}] if added else [])]
+    lines = ["# Corpus version", "", "| added in | documents | dataset |", "|---|---:|---|"]
+    lines += [f"| {d['added_in']} | {d['rows']:,} | {d['path']} |" for d in datasets]
+    lines += ["", f"{sum(d['rows'] for d in datasets):,} documents in all.", ""]
+    return "\n".join(lines) + ("\n" + render_withdrawals_markdown(withdrawals) if withdrawals else "")
+
+
+def _message(manifest: dict[str, Any], info: dict[str, Any]) -> str:
+    parts = [f"{manifest['version']}: {len(info['new_files'])} new file(s), {info['kept']} new document(s) kept, "
+             f"{info['rejected_previous_version']} duplicate(s) of earlier versions rejected"]
+    if info["withdrawn"]:
+        parts.append(f"{info['withdrawn']} document(s) withdrawn (consent)")
+    parts.append(f"corpus {manifest['rows']} documents")
+    if info["model"] is None:
+        parts.append("no model trained (no new documents)")
+    else:
+        verdict = "promoted" if info["promoted"] else "not promoted (" + "; ".join(info["reasons"]) + ")"
+        parts.append(f"model {'continued from ' + info['init_from'] if info['init_from'] else 'trained from scratch'}, {verdict}")
+    return "; ".join(parts)
 
 
 def tokenize_and_mix(
@@ -272,7 +325,7 @@ def _result(latest: dict[str, Any] | None, new_files: int, message: str, rejecte
     )
 
 
-def _publish(manifest: dict[str, Any], message: str) -> None:
+def _publish(manifest: dict[str, Any], message: str, withdrawals: dict[str, Any] | None) -> None:
     info = manifest["refresh"]
     lines = [
         f"# Corpus {manifest['version']}",
@@ -285,11 +338,14 @@ def _publish(manifest: dict[str, Any], message: str) -> None:
         f"| new documents kept | {info['kept']} |",
         f"| duplicates of earlier versions | {info['rejected_previous_version']} |",
         f"| id clashes with earlier versions | {info['rejected_previous_id']} |",
+        f"| withdrawn (consent) | {info['withdrawn']} |",
         f"| corpus documents | {manifest['rows']} |",
-        f"| model | {info['model']} |",
+        f"| model | {info['model'] or 'none trained'} |",
         f"| continued from | {info['init_from'] or 'scratch'} |",
         f"| promoted | {info['promoted']} |",
     ]
+    if withdrawals:
+        lines += ["", render_withdrawals_markdown(withdrawals)]
     create_markdown_artifact(markdown="\n".join(lines), key=REPORT_KEY, description="The last refresh")
 
 

@@ -17,6 +17,7 @@ from prefect.artifacts import create_table_artifact
 from tasks.energy import energy_table, wait_for_window
 from tasks.modeling import ModelRef, evaluate_model, export_model, finetune_model, model_work, pretrain_model
 from tasks.model_card import render_model_card
+from tasks.withdraw import withdrawal_report
 from tasks.sft import SftDatasetRef, run_sft_data
 from tasks.stage import plan_stage
 from tasks.tokenize import TokenDatasetRef, run_tokenize
@@ -82,7 +83,7 @@ def evaluate_flow(config: PipelineConfig, models: TrainedModels, corpus_card: st
     if not export:
         return Evaluation(report=work.out_dir, metrics=metrics, export=None, promoted=False, reasons=["export skipped"])
 
-    card = render_model_card(config, final, metrics, corpus_card, tokens.meta())
+    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawal_report(workdir))
     publish_energy(corpus_card, [models.pretrained, models.finetuned])
     export_work = plan_stage(workdir, "export", "1", {"card": card}, [final.fingerprint], area="exports")
     hf_dir = export_model(export_work, final, metrics, card)

@@ -44,6 +44,7 @@ from tasks.minhash import normalize_expr
 from tasks.stage import ShardStage
 
 VERSION = "1"
+REASON_WITHDRAWN = "consent_withdrawn"
 Use = Literal["pretraining", "finetuning"]
 
 # --- SPDX normalization --------------------------------------------------------------------
@@ -583,7 +584,7 @@ def apply_license(docs: pl.DataFrame, params: LicenseParams) -> pl.DataFrame:
     out = docs.with_columns(optout.alias("optout")).join(table, on="license", how="left", nulls_equal=True,
                                                          maintain_order="left")
     return out.with_columns(
-        pl.when(pl.col("optout").is_not_null()).then(pl.lit("consent_withdrawn")).otherwise(pl.col("_lreason")).alias("reason"),
+        pl.when(pl.col("optout").is_not_null()).then(pl.lit(REASON_WITHDRAWN)).otherwise(pl.col("_lreason")).alias("reason"),
         pl.when(pl.col("optout").is_not_null())
         .then(pl.lit("opt-out registry entry ") + pl.col("optout"))
         .otherwise(pl.col("_ldetail"))

@@ -9,6 +9,7 @@ from typing import Any
 from tasks.energy import energy_markdown, energy_table
 from tasks.mixture import render_mixture_markdown
 from tasks.modeling import ModelRef
+from tasks.withdraw import render_withdrawals_markdown
 
 
 def _energy_lines(result: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -26,7 +27,12 @@ def _energy_lines(result: dict[str, Any], data: dict[str, Any]) -> list[str]:
 
 
 def render_model_card(
-    config: Any, model: ModelRef, metrics: dict[str, Any], data_card: str | None, tokens_meta: dict[str, Any] | None = None
+    config: Any,
+    model: ModelRef,
+    metrics: dict[str, Any],
+    data_card: str | None,
+    tokens_meta: dict[str, Any] | None = None,
+    withdrawals: dict[str, Any] | None = None,
 ) -> str:
     data = json.loads(Path(data_card).with_suffix(".json").read_text()) if data_card else {}
     result = model.result()
@@ -60,6 +66,8 @@ def render_model_card(
         for row in data.get("funnel", []):
             top = sorted(row["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:3]
             header.append(f"| {row['stage']} | {row['in']:,} | {row['rejected']:,} | {', '.join(f'{k} {v}' for k, v in top)} |")
+    if withdrawals:
+        header += ["", "#" + render_withdrawals_markdown(withdrawals, model=model.path).strip()]
     if tokens_meta and tokens_meta.get("mixture"):
         header += ["", "### Training tokens by source", "", render_mixture_markdown(tokens_meta["mixture"]).strip()]
     header += [

@@ -55,7 +55,7 @@ from tasks.energy import NIGHTLY_WINDOW, CarbonWindow
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_quality import DataQualityError, ValidationSettings
-from tasks.dataset import DatasetRef, canonical_json, file_sha256, write_json
+from tasks.dataset import DatasetRef, atomic_write_text, canonical_json, file_sha256, write_json
 from tasks.dedup import DedupParams, signature_frame
 from tasks.minhash import signature_dtype
 from tasks.sources import BUILTINS, SourceFile, SourceSpec, list_source_files, pydocs_fingerprint_input
@@ -305,29 +305,39 @@ def dataset_entry(ref: DatasetRef, added_in: str, tokens: TokenDatasetRef | None
     return entry
 
 
+def next_version(previous: dict[str, Any] | None) -> str:
+    return version_name((previous["number"] if previous else 0) + 1)
+
+
 def commit_version(
     workdir: str | Path,
     previous: dict[str, Any] | None,
-    dataset: dict[str, Any],
-    index_part: Path,
+    dataset: dict[str, Any] | None,
+    index_part: Path | None,
     index_params: dict[str, Any],
     ledger: Ledger,
     refresh_info: dict[str, Any],
+    card: str | None = None,
 ) -> dict[str, Any]:
-    """Write the new version's index file, ledger snapshot and manifest, then move latest.json.
+    """Write the new version's index file, ledger snapshot, card and manifest, then move latest.json.
 
-    Every file is written whole (tmp + rename) under a name fixed by the version number, so a
-    kill at any point leaves either the previous version current (and the rerun rewrites the
-    same files) or the new one current.
+    ``previous`` is the version this one builds on, its datasets as they stay (withdrawn
+    documents already filtered out); ``dataset`` and ``index_part`` are what this refresh adds
+    (None when it only withdrew documents). Every file is written whole (tmp + rename) under
+    a name fixed by the version number, so a kill at any point leaves either the previous
+    version current (and the rerun rewrites the same files) or the new one current.
     """
     number = (previous["number"] if previous else 0) + 1
     name = version_name(number)
-    index_file = write_index_file(workdir, name, index_part)
     vdir = corpus_dir(workdir) / name
     snapshot = ledger.model_copy(update={"version": name, "updated": _now()})
     write_ledger(vdir / "ledger.json", snapshot)
-    datasets = [*(previous["datasets"] if previous else []), {**dataset, "added_in": name}]
-    index_files = [*(previous["index"]["files"] if previous else []), index_file]
+    if card is not None:
+        atomic_write_text(vdir / "card.md", card)
+    datasets = [*(previous["datasets"] if previous else []), *([{**dataset, "added_in": name}] if dataset else [])]
+    index_files = [*(previous["index"]["files"] if previous else [])]
+    if index_part is not None:
+        index_files.append(write_index_file(workdir, name, index_part))
     manifest = {
         "format": "lmwright-corpus-version-1",
         "version": name,
@@ -338,6 +348,7 @@ def commit_version(
         "datasets": datasets,
         "index": {"params": index_params, "files": index_files},
         "ledger": str((vdir / "ledger.json").resolve()),
+        "card": str((vdir / "card.md").resolve()) if card is not None else None,
         "refresh": refresh_info,
     }
     write_json(vdir / "manifest.json", manifest)
@@ -452,6 +463,8 @@ class PreviousDedupParams(DedupParams):
 
     index: list[str] = Field(default_factory=list, description="Index files of every earlier version.")
     index_sha256: list[str] = Field(default_factory=list, description="Their content hashes (part of the fingerprint).")
+    withdrawn: str | None = Field(None, description="Record of withdrawn documents: index rows of these ids are ignored.")
+    withdrawn_sha256: str | None = Field(None, description="Its content hash (part of the fingerprint).")
 
 
 def apply_previous_dedup(docs: pl.DataFrame, params: PreviousDedupParams) -> pl.DataFrame:
@@ -467,6 +480,8 @@ def apply_previous_dedup(docs: pl.DataFrame, params: PreviousDedupParams) -> pl.
     if params.index and n:
         sf = signature_frame(docs.select("id", "text"), "q", params)
         idx = pl.scan_parquet(params.index)
+        if params.withdrawn:  # no longer in the corpus: neither a duplicate target nor a taken id
+            idx = idx.join(pl.scan_parquet(params.withdrawn).select("id"), on="id", how="anti")
         exact_rows = idx.filter(pl.col("band") == EXACT_BAND)
         rows = np.arange(n)
         matched = np.zeros(n, dtype=bool)
@@ -561,6 +576,7 @@ def run_previous_dedup(
     threshold: float | None,
     latest: dict[str, Any] | None,
     validation: ValidationSettings,
+    withdrawn: Path | None = None,
 ) -> tuple[DatasetRef, dict[str, Any]]:
     """Dedup ``source`` against every earlier version, then index what it keeps: (kept dataset, index part info)."""
     files = latest["index"]["files"] if latest else []
@@ -573,6 +589,8 @@ def run_previous_dedup(
         **{**dedup.model_dump(), **({"threshold": threshold} if threshold is not None else {})},
         index=[f["path"] for f in files],
         index_sha256=[f["sha256"] for f in files],
+        withdrawn=str(withdrawn) if withdrawn else None,
+        withdrawn_sha256=file_sha256(withdrawn) if withdrawn else None,
     )
     kept = run_shard_stage(workdir, PREVIOUS_DEDUP, source, params, validation)
     work = IndexPartWork(STAGE, kept.fingerprint, kept.path, unit="index")
