@@ -231,7 +231,7 @@ def tokenize_and_mix(
     params = config.tokenize
     if plan.tokenizer is not None:
         params = params.model_copy(update={"tokenizer_path": plan.tokenizer})
-    new_tokens = run_tokenize(workdir, kept, params, config.validation)
+    new_tokens = run_tokenize(workdir, kept, params, config.validation, config.energy)
     tokenizer_sha = file_sha256(new_tokens.dir / TOKENIZER_FILE)
     old: list[TokenDatasetRef] = []
     for d in latest["datasets"] if latest else []:
@@ -241,7 +241,7 @@ def tokenize_and_mix(
         else:  # another tokenizer (or its arrays were deleted): encode that version's documents again (cached)
             cas = content_addressed_tokenizer(workdir, new_tokens.dir / TOKENIZER_FILE)
             again = TokenizeParams(**{**config.tokenize.model_dump(), "tokenizer_path": str(cas)})
-            old.append(run_tokenize(workdir, DatasetRef(d["stage"], d["fingerprint"], d["path"]), again, config.validation))
+            old.append(run_tokenize(workdir, DatasetRef(d["stage"], d["fingerprint"], d["path"]), again, config.validation, config.energy))
     block = _block_size(config, plan, new_tokens)
     return run_mix(workdir, new_tokens, old, settings, block), new_tokens
 

@@ -38,7 +38,7 @@ def train_flow(config: PipelineConfig, corpus: str, until: str = "finetune") -> 
     workdir, checks = config.workdir, config.validation
     corpus_ref = DatasetRef(stage="dedup", fingerprint=Path(corpus).name, path=corpus)
 
-    tokens = run_tokenize(workdir, corpus_ref, config.tokenize, checks)
+    tokens = run_tokenize(workdir, corpus_ref, config.tokenize, checks, config.energy)
     if until == "tokenize":
         return TrainedModels(tokens=tokens.path, pretrained="")
     work = model_work(workdir, "pretrain", config.pretrain, [tokens.fingerprint])
@@ -83,25 +83,35 @@ def evaluate_flow(config: PipelineConfig, models: TrainedModels, corpus_card: st
     if not export:
         return Evaluation(report=work.out_dir, metrics=metrics, export=None, promoted=False, reasons=["export skipped"])
 
-    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawal_report(workdir))
-    publish_energy(corpus_card, [models.pretrained, models.finetuned])
+    energy = run_energy(corpus_card, models.tokens, [models.pretrained, models.finetuned])
+    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawal_report(workdir), energy)
+    publish_energy(energy)
     export_work = plan_stage(workdir, "export", "1", {"card": card}, [final.fingerprint], area="exports")
     hf_dir = export_model(export_work, final, metrics, card)
     promoted, reasons = promote(workdir, hf_dir, metrics)
     return Evaluation(report=work.out_dir, metrics=metrics, export=hf_dir, promoted=promoted, reasons=reasons)
 
 
-@task
-def publish_energy(corpus_card: str | None, model_dirs: list[str | None]) -> list[dict[str, Any]]:
-    """One table per run: time, energy and CO2 of every curation stage and training run, and the total."""
+def run_energy(corpus_card: str | None, tokens: str | None, model_dirs: list[str | None]) -> dict[str, Any]:
+    """The run's energy blocks, in pipeline order: each curation stage, tokenize, each training run."""
     blocks: dict[str, Any] = {}
     if corpus_card:
         card = json.loads(Path(corpus_card).with_suffix(".json").read_text())
         blocks.update({row["stage"]: row["energy"] for row in card["funnel"] if row.get("energy")})
+    if tokens and (Path(tokens) / "stats.json").is_file():
+        energy = json.loads((Path(tokens) / "stats.json").read_text()).get("energy")
+        if energy:
+            blocks["tokenize"] = energy
     for path in filter(None, model_dirs):
         result = json.loads((Path(path) / "result.json").read_text())
         if result.get("energy"):
             blocks[Path(path).parent.name] = result["energy"]
+    return blocks
+
+
+@task
+def publish_energy(blocks: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table per run: time, energy and CO2 of every curation stage and training run, and the total."""
     rows = energy_table(blocks)
     create_table_artifact(table=rows, key="energy-per-stage", description="Energy and CO2 per stage of this run")
     return rows

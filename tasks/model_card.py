@@ -12,11 +12,8 @@ from tasks.modeling import ModelRef
 from tasks.withdraw import render_withdrawals_markdown
 
 
-def _energy_lines(result: dict[str, Any], data: dict[str, Any]) -> list[str]:
-    """Energy and CO2 of curation (per stage) and of this model's training run."""
-    blocks = {row["stage"]: row["energy"] for row in data.get("funnel", []) if row.get("energy")}
-    if result.get("energy"):
-        blocks["training"] = result["energy"]
+def _energy_lines(result: dict[str, Any], blocks: dict[str, Any]) -> list[str]:
+    """Energy and CO2 of the run: curation stages, tokenize and training (``flows.train.run_energy``)."""
     if not blocks:
         return []
     eff = result.get("efficiency", {})
@@ -33,6 +30,7 @@ def render_model_card(
     data_card: str | None,
     tokens_meta: dict[str, Any] | None = None,
     withdrawals: dict[str, Any] | None = None,
+    energy: dict[str, Any] | None = None,
 ) -> str:
     data = json.loads(Path(data_card).with_suffix(".json").read_text()) if data_card else {}
     result = model.result()
@@ -101,7 +99,7 @@ def render_model_card(
         "",
         f"Tokens seen: {result['tokens_seen']:,}; training FLOPs: {result['flops']:.3g}; "
         f"wall clock: {result['seconds']:.0f} s; {result.get('tokens_per_second', 0):,.0f} tokens/s.",
-        *_energy_lines(result, data),
+        *_energy_lines(result, energy or {}),
         "",
         "## Limitations",
         "",

@@ -62,6 +62,7 @@ from tasks.dataset import (
     write_json,
     write_parquet,
 )
+from tasks.energy import EnergySettings, merge_energy, track
 from tasks.mixture import MixtureParams, epoch_order, mixture_plan, mixture_report
 from tasks.stage import StageWork, plan_stage, stage_task
 
@@ -280,11 +281,22 @@ def _tokenizer_input(params: TokenizeParams) -> list[str]:
 
 
 @stage_task(task_run_name="tokenize-train-tokenizer")
-def train_tokenizer(work: StageWork, corpus: DatasetRef, params: TokenizeParams) -> dict[str, Any]:
+def train_tokenizer(
+    work: StageWork, corpus: DatasetRef, params: TokenizeParams, energy: EnergySettings | None = None
+) -> dict[str, Any]:
     """Train a byte-level BPE on a deterministic corpus sample (or copy a given one) -> tokenizer.json."""
     if work.done():
         return json.loads(work.marker.read_text())
-    out = Path(work.out_dir)
+    with track("tokenize", energy) as used:
+        info = _make_tokenizer(Path(work.out_dir), corpus, params)
+    info["energy"] = used.to_json()
+    write_json(work.marker, info)  # last: the step is done
+    how = f"trained on {info['sample_bytes']:,} bytes" if "sample_bytes" in info else f"reused from {params.tokenizer_path}"
+    get_run_logger().info("tokenizer %s: vocab %d", how, info["vocab_size"])
+    return info
+
+
+def _make_tokenizer(out: Path, corpus: DatasetRef, params: TokenizeParams) -> dict[str, Any]:
     start = time.perf_counter()
     special = params.special_tokens
     if params.tokenizer_path is not None:
@@ -313,9 +325,6 @@ def train_tokenizer(work: StageWork, corpus: DatasetRef, params: TokenizeParams)
         special_token_ids=special_token_ids(tok, special),
         seconds=round(time.perf_counter() - start, 4),
     )
-    write_json(work.marker, info)  # last: the step is done
-    how = f"trained on {info['sample_bytes']:,} bytes" if "sample_bytes" in info else f"reused from {params.tokenizer_path}"
-    get_run_logger().info("tokenizer %s: vocab %d", how, info["vocab_size"])
     return info
 
 
@@ -326,11 +335,24 @@ def shard_paths(out_dir: Path, shard: str) -> dict[str, Path]:
 
 @stage_task(task_run_name="tokenize-encode-{work.unit}")
 def encode_shard(
-    work: StageWork, part: str, limit: int | None, tokenizer_path: str, params: TokenizeParams
+    work: StageWork,
+    part: str,
+    limit: int | None,
+    tokenizer_path: str,
+    params: TokenizeParams,
+    energy: EnergySettings | None = None,
 ) -> dict[str, Any]:
     """Encode one corpus shard: tokens + end-of-text per document, split by id hash, flat arrays."""
     if work.done():
         return json.loads(work.marker.read_text())
+    with track("tokenize", energy) as used:
+        stats = _encode(work, part, limit, tokenizer_path, params)
+    stats["energy"] = used.to_json()
+    write_json(work.marker, stats)  # last: this shard is done
+    return stats
+
+
+def _encode(work: StageWork, part: str, limit: int | None, tokenizer_path: str, params: TokenizeParams) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(work.out_dir)
     paths = shard_paths(out, work.unit)
@@ -385,7 +407,6 @@ def encode_shard(
             "bytes": int(mine["bytes"].sum() or 0),
         }
     stats["seconds"] = round(time.perf_counter() - start, 4)
-    write_json(work.marker, stats)  # last: this shard is done
     return stats
 
 
@@ -552,6 +573,7 @@ def pack_tokens(
     tok_info: dict[str, Any],
     shards: list[dict[str, Any]],
     validation: ValidationSettings,
+    energy: EnergySettings | None = None,
 ) -> TokenDatasetRef:
     """Pack the shard arrays into train.bin/val.bin, validate, write meta + manifest.
 
@@ -564,6 +586,23 @@ def pack_tokens(
     out = Path(work.out_dir)
     if work.done():
         return TokenDatasetRef(str(out), work.fingerprint)
+    with track("tokenize", energy) as used:
+        stats, meta = _pack(work, corpus, params, tok_info, shards)
+    # energy of the whole stage: tokenizer, every shard's encoding, packing (not the validation after it)
+    stats["energy"] = merge_energy([e for e in (tok_info.get("energy"), *(sh.get("energy") for sh in shards), used) if e])
+    _finish_pack(work, corpus, params, shards, validation, stats, meta)
+    return TokenDatasetRef(str(out), work.fingerprint)
+
+
+def _pack(
+    work: StageWork,
+    corpus: DatasetRef,
+    params: TokenizeParams,
+    tok_info: dict[str, Any],
+    shards: list[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """train.bin, val.bin, the document index and meta.json; returns (stats, meta) for the caller to finish."""
+    out = Path(work.out_dir)
     start = time.perf_counter()
     names = [sh["shard"] for sh in shards]
     index = _shard_index(out, names).with_row_index("_row")
@@ -628,6 +667,21 @@ def pack_tokens(
         "encode_seconds": round(sum(sh["seconds"] for sh in shards), 4),
         "pack_seconds": round(time.perf_counter() - start, 4),
     }
+    return stats, meta
+
+
+def _finish_pack(
+    work: StageWork,
+    corpus: DatasetRef,
+    params: TokenizeParams,
+    shards: list[dict[str, Any]],
+    validation: ValidationSettings,
+    stats: dict[str, Any],
+    meta: dict[str, Any],
+) -> None:
+    """stats.json, validation, manifest (last), then drop the shard intermediates."""
+    out = Path(work.out_dir)
+    names = [sh["shard"] for sh in shards]
     write_json(out / "stats.json", stats)
     validate_token_dataset(out, corpus, params, validation)
 
@@ -655,7 +709,7 @@ def pack_tokens(
     shutil.rmtree(out / "shards", ignore_errors=True)
     get_run_logger().info(
         "tokenize: %d docs -> %d train + %d val tokens (%s), %.2f / %.2f bytes per token",
-        tokenized, meta["tokens"]["train"], meta["tokens"]["val"], meta["dtype"],
+        stats["docs"], meta["tokens"]["train"], meta["tokens"]["val"], meta["dtype"],
         meta["bytes_per_token"]["train"] or 0, meta["bytes_per_token"]["val"] or 0,
     )
     if meta["mixture"]["weighted"]:
@@ -665,15 +719,18 @@ def pack_tokens(
             mixed["tokens_before"], mixed["tokens_after"], mixed["docs_after"], mixed["docs_left_out"],
             {k: v["tokens_after"] for k, v in mixed["sources"].items()},
         )
-    return TokenDatasetRef(str(out), work.fingerprint)
 
 
 def run_tokenize(
-    workdir: str | Path, corpus: DatasetRef, params: TokenizeParams, validation: ValidationSettings
+    workdir: str | Path,
+    corpus: DatasetRef,
+    params: TokenizeParams,
+    validation: ValidationSettings,
+    energy: EnergySettings | None = None,
 ) -> TokenDatasetRef:
     """Train or reuse the tokenizer, map encode over the corpus shards, pack: the flow-side half."""
     work = plan_stage(workdir, STAGE, VERSION, params, [corpus.fingerprint, *_tokenizer_input(params)])
-    tok_info = train_tokenizer(work.for_unit("tokenizer"), corpus, params)
+    tok_info = train_tokenizer(work.for_unit("tokenizer"), corpus, params, energy)
     if work.done():
         # The shard intermediates were deleted after packing; pack is a cache hit.
         return pack_tokens(work, corpus, params, tok_info, [], validation)
@@ -684,9 +741,10 @@ def run_tokenize(
         limit=[n for _, n in parts],
         tokenizer_path=unmapped(tok_info["path"]),
         params=unmapped(params),
+        energy=unmapped(energy),
     )
     shards = [f.result() for f in futures]
-    return pack_tokens(work, corpus, params, tok_info, shards, validation)
+    return pack_tokens(work, corpus, params, tok_info, shards, validation, energy)
 
 
 # -- validation ---------------------------------------------------------------------------

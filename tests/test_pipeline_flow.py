@@ -63,6 +63,17 @@ def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path
     assert "## Evaluation" in (hf / "README.md").read_text()
     assert (Path(result.models.pretrained) / "loss.png").stat().st_size > 1000
 
+    # energy and CO2 are present and positive for every stage, tokenize and both training runs included
+    work = tmp_path / "w"
+    blocks = {p.parent.parent.name: json.loads(p.read_text()).get("energy") for p in work.glob("datasets/*/*/stats.json")}
+    blocks |= {p.parent.parent.name: json.loads(p.read_text()).get("energy") for p in work.glob("models/*/*/result.json")}
+    assert {"ingest", "license", "quality", "dedup", "tokenize", "pretrain", "finetune"} <= set(blocks)
+    for stage, energy in blocks.items():
+        if stage in ("card", "sft"):  # the card reads stats; SFT pairs are formatted, not measured
+            continue
+        assert energy and energy["duration_s"] > 0 and energy["energy_kwh"] > 0 and energy["co2_kg"] > 0, (stage, energy)
+    assert "| tokenize |" in (hf / "README.md").read_text() and "| pretrain |" in (hf / "README.md").read_text()
+
     # the fine-tuned model starts from the pretrained weights (transfer), with LoRA merged away
     ft = ModelRef("finetune", Path(result.models.finetuned).name, result.models.finetuned)
     assert not any("lora" in k for k in ft.load().state_dict())
