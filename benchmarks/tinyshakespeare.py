@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.gpt import GPT  # noqa: E402
 from tasks.evaluate import EvalParams, heldout_loss  # noqa: E402
-from tasks.tokenize import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
+from tasks.bpe import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
 from tasks.train import Batches, ModelSpec, TrainParams, batch_at, train  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"

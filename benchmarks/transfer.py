@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -45,10 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.gpt import GPT  # noqa: E402
 from tasks.energy import EnergySettings, track  # noqa: E402
-from tasks.tokenize import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
+from tasks.bpe import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
 from tasks.train import Batches, ModelSpec, TrainParams, batch_at, train  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the checkout; LMWRIGHT_SHARED_DATA points elsewhere (e.g. a copy on a GPU machine)
+DATA = Path(os.environ.get("LMWRIGHT_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 VOCAB = 1024
 
 
@@ -58,13 +60,38 @@ class ReachedTarget(Exception):
         self.step, self.record = step, record
 
 
-def read_pretraining_text() -> str:
-    return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted((DATA / "gutenberg").glob("*.txt")))
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def read_narrow(split: str) -> list[str]:
-    rows = [json.loads(l) for l in (DATA / "instructions" / f"gsm8k_{split}.jsonl").read_text().splitlines() if l.strip()]
-    return [f"{r['question']}\n{r['answer']}" for r in rows]
+def read_pretraining_docs(names: list[str]) -> list[str]:
+    """The broad corpus: Gutenberg novels (split into 4 KB pieces) and/or crawled web pages."""
+    docs: list[str] = []
+    for name in names:
+        if name == "gutenberg":
+            for p in sorted((DATA / "gutenberg").glob("*.txt")):
+                text = p.read_text(encoding="utf-8", errors="replace")
+                docs += [text[i : i + 4096] for i in range(0, len(text), 4096)]
+        elif name == "web":
+            for p in sorted((DATA / "web").glob("*.jsonl")):
+                docs += [r["text"] for r in _jsonl(p)]
+        else:
+            raise SystemExit(f"unknown pretraining source {name!r} (gutenberg, web)")
+    return docs
+
+
+def read_narrow(name: str) -> tuple[list[str], list[str]]:
+    """(train, validation) documents of the narrow set."""
+    if name == "gsm8k":
+        def rows(split: str) -> list[str]:
+            return [f"{r['question']}\n{r['answer']}" for r in _jsonl(DATA / "instructions" / f"gsm8k_{split}.jsonl")]
+        return rows("train"), rows("test")
+    if name == "shakespeare":  # the play text in 4 KB pieces; the last 10% is validation (nanoGPT's split)
+        text = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+        cut = int(len(text) * 0.9)
+        pieces = lambda t: [t[i : i + 4096] for i in range(0, len(t), 4096)]  # noqa: E731
+        return pieces(text[:cut]), pieces(text[cut:])
+    raise SystemExit(f"unknown narrow set {name!r} (gsm8k, shakespeare)")
 
 
 def encode_docs(tok: Any, docs: list[str], eot: int) -> np.ndarray:
@@ -78,16 +105,19 @@ def encode_docs(tok: Any, docs: list[str], eot: int) -> np.ndarray:
 def steps_per_second(params: TrainParams, vocab: int, data: np.ndarray, steps: int = 6) -> float:
     """A short timed calibration on a throwaway model, so a cosine schedule can end with the budget."""
     cfg = params.model.build(vocab)
-    model = GPT(cfg)
+    device = params.device if params.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = GPT(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for i in range(steps + 2):
         if i == 2:
             t0 = time.perf_counter()
-        x, y, _ = batch_at(data, None, cfg.block_size, params.batch_size, 0, i, 0, "cpu")
+        x, y, _ = batch_at(data, None, cfg.block_size, params.batch_size, 0, i, 0, device)
         _, loss = model(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
     return steps / (time.perf_counter() - t0)
 
 
@@ -142,7 +172,11 @@ def main() -> int:
     ap.add_argument("--pretrain-steps", type=int, default=None, help="Budget in optimizer steps instead of seconds (load-independent).")
     ap.add_argument("--scratch-steps", type=int, default=None, help="Budget in optimizer steps instead of seconds (load-independent).")
     ap.add_argument("--target", type=float, default=None, help="Target validation loss (default: the best from scratch reaches).")
+    ap.add_argument("--pretrain-data", default="gutenberg,web", help="Comma-separated: gutenberg, web.")
+    ap.add_argument("--narrow", default="shakespeare", choices=["shakespeare", "gsm8k"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (the training code's device setting).")
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--eval-interval", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -152,23 +186,24 @@ def main() -> int:
     print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
 
     special = SpecialTokens()
-    pre_text = read_pretraining_text()
-    tok = train_bpe([pre_text[i : i + 4096] for i in range(0, len(pre_text), 4096)], VOCAB, 2, special)
+    pre_docs = read_pretraining_docs(args.pretrain_data.split(","))
+    random.Random(0).shuffle(pre_docs)  # a held-out split drawn from every source
+    tok = train_bpe(pre_docs, VOCAB, 2, special)  # the pretrained model's tokenizer, reused as is for the narrow set
     vocab = vocab_size_of(tok)
     eot = tok.token_to_id(special.eot)
-    pre_ids = encode_docs(tok, [pre_text], eot)
-    cut = int(len(pre_ids) * 0.95)
-    pre = Batches(train=pre_ids[:cut], val=pre_ids[cut:])
-    narrow = Batches(train=encode_docs(tok, read_narrow("train"), eot), val=encode_docs(tok, read_narrow("test"), eot))
+    cut = int(len(pre_docs) * 0.95)
+    pre = Batches(train=encode_docs(tok, pre_docs[:cut], eot), val=encode_docs(tok, pre_docs[cut:], eot))
+    narrow_train, narrow_val = read_narrow(args.narrow)
+    narrow = Batches(train=encode_docs(tok, narrow_train, eot), val=encode_docs(tok, narrow_val, eot))
     print(
-        f"tokens: pretrain {len(pre.train):,} train / {len(pre.val):,} val (gutenberg); "
-        f"narrow {len(narrow.train):,} train / {len(narrow.val):,} val (gsm8k); vocab {vocab}",
+        f"tokens: pretrain {len(pre.train):,} train / {len(pre.val):,} val ({args.pretrain_data}); "
+        f"narrow {len(narrow.train):,} train / {len(narrow.val):,} val ({args.narrow}); vocab {vocab}",
         flush=True,
     )
 
     common = dict(
-        model=ModelSpec(preset="tiny"), batch_size=16, eval_batches=8, eval_interval=args.eval_interval,
-        patience=None, checkpoint_interval=10_000, device="cpu", threads=args.threads, seed=1337,
+        model=ModelSpec(preset="tiny"), batch_size=args.batch_size, eval_batches=8, eval_interval=args.eval_interval,
+        patience=None, checkpoint_interval=100_000, device=args.device, threads=args.threads, seed=1337,
     )
     rate = steps_per_second(TrainParams(**common), vocab, pre.train)
     print(f"calibration: {rate:.2f} steps/s", flush=True)
@@ -179,7 +214,7 @@ def main() -> int:
                              max_seconds=None if args.pretrain_steps else args.pretrain_seconds)
     pre_res = run("pretrain", work / "pretrain", pre, pre_params, vocab, energy)
     print(f"pretrain: {pre_res['steps']} steps, last val {pre_res['history'][-1]['val_loss']:.3f} "
-          f"(gutenberg), {pre_res['energy']['energy_kwh']:.3g} kWh", flush=True)
+          f"({args.pretrain_data}), {pre_res['energy']['energy_kwh']:.3g} kWh", flush=True)
     best = work / "pretrain" / "checkpoints" / "best"
 
     narrow_steps = args.scratch_steps or max(50, int(rate * args.scratch_seconds))
@@ -204,7 +239,7 @@ def main() -> int:
                 "seconds": pre_res["energy"]["duration_s"], "energy_kwh": pre_res["energy"]["energy_kwh"]}
 
     print()
-    print(f"target validation loss on gsm8k_test: {target:.4f} nats/token")
+    print(f"target validation loss on {args.narrow} validation: {target:.4f} nats/token")
     print(f"{'run':<18}{'steps':>7}{'FLOPs':>12}{'seconds':>10}{'kWh':>12}{'gCO2e':>9}")
     for name, r in (("from scratch", a), ("from pretrained", b)):
         if r is None:

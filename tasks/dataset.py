@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks.energy import merge_energy
+from tasks.files import atomic_write_text, write_json  # noqa: F401 - part of the dataset API
 
 MANIFEST = "manifest.json"
 STATS = "stats.json"
@@ -128,25 +128,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             f"{path} has no {MANIFEST}: it was left half-written (a crash or a kill) and is not read; "
             "rerun the flow to rebuild it"
         ) from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so readers see either nothing or all of it (rename is atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_parquet(df: pl.DataFrame, path: Path) -> None:

@@ -304,9 +304,10 @@ def _model_config(params: TrainParams, vocab_size: int, init_from: Path | None) 
 
 
 def _autocast(params: TrainParams, device: str) -> Any:
-    use_bf16 = params.dtype == "bfloat16" or (params.dtype == "auto" and device == "cuda")
+    kind = device.split(":")[0]  # a DDP rank trains on "cuda:<local rank>"; autocast wants the device type
+    use_bf16 = params.dtype == "bfloat16" or (params.dtype == "auto" and kind == "cuda")
     if use_bf16:
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
     return torch.autocast(device_type="cpu", enabled=False)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tasks.dataset import write_json
+from tasks.files import write_json
 from tasks.train import Batches, LoraParams, TrainParams, train
 
 
