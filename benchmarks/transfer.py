@@ -1,30 +1,36 @@
 """Benchmark: transfer learning. Fine-tune a pretrained tiny model vs train it from scratch, to the same loss.
 
-    flock /tmp/lmwright-bench.lock python benchmarks/transfer.py [--pretrain-seconds 90]
-        [--scratch-seconds 90] [--pretrain-steps N --scratch-steps N] [--target LOSS]
-        [--threads 2] [--json out.json]
+    flock /tmp/lmwright-bench.lock python benchmarks/transfer.py [--pretrain-seconds 90 | --pretrain-steps N]
+        [--scratch-seconds 90 | --scratch-steps N] [--narrow shakespeare|gsm8k] [--pretrain-data gutenberg,web]
+        [--ft-lr 1e-3 --ft-warmup 5] [--target LOSS] [--device cpu|cuda] [--batch-size 16] [--threads 2]
+        [--eval-interval 10] [--workdir DIR] [--json out.json]
 
 Step budgets make the FLOPs comparison independent of machine load; seconds and kWh still
-depend on it.
+depend on it. ``--workdir`` keeps the runs and reuses the pretraining and from-scratch runs
+when their settings match, so fine-tuning recipes can be compared against the same two.
 
-1. Tokenizer: ``tasks.tokenize.train_bpe`` (byte-level BPE, vocab 1024) on the pretraining text.
-2. Pretrain: the ``tiny`` preset with ``tasks.train.train`` on Project Gutenberg novels
-   (Pride and Prejudice, Moby Dick), ``--pretrain-seconds`` of wall clock.
-3. The narrow set: GSM8K word problems and their worked answers as plain text
-   (``question\\nanswer``), train = gsm8k_train, validation = gsm8k_test. Math word problems
-   with arithmetic annotations are far from 19th-century novels: a real domain shift.
+1. Tokenizer: ``tasks.bpe.train_bpe`` (byte-level BPE, vocab 1024) on the pretraining text
+   only; the narrow set is encoded with it as is (what reusing a pretrained model means).
+2. Pretrain: the ``tiny`` preset with ``tasks.train.train`` on a broad corpus (default:
+   Project Gutenberg novels in 4 KB pieces plus the crawled web pages of shared/data/web,
+   shuffled, 5% held out).
+3. The narrow set: ``shakespeare`` (tinyshakespeare, 90/10 split: verse drama, a style the
+   broad corpus does not have) or ``gsm8k`` (math word problems with worked answers and
+   calculator annotations: a far domain).
 4. From scratch: the same architecture, randomly initialized, trained on the narrow set for
-   ``--scratch-seconds`` (cosine schedule over that budget: its best recipe for the budget).
-   The target is the best validation loss it reaches (or ``--target``).
-5. From pretrained: the pretrained weights, trained on the narrow set until its validation
-   loss reaches the target (it stops there), or until the same budget.
+   its budget (cosine schedule over that budget). The target is the best validation loss it
+   reaches (or ``--target``): on a small narrow set that is its early-stopping point.
+5. From pretrained: the pretrained weights (best checkpoint), trained on the narrow set with
+   the fine-tuning recipe until its validation loss reaches the target (it stops there), or
+   until the same budget.
 
 Compute to the target, for each: training FLOPs (``GPT.flops_per_token`` x tokens up to the
 validation that first met the target; evaluations excluded), wall-clock seconds to that
 validation, and energy from ``tasks.energy.track`` (codecarbon; the from-scratch energy is
 prorated to its seconds-to-target when it met the target before its budget ended). The
-pretraining cost is printed too: the ratio leaves it out (the pretrained model is reused by
-every fine-tune), the "incl. pretraining" line puts it in.
+validation interval bounds the resolution of "steps to target". The pretraining cost is
+printed too: the ratio leaves it out (the pretrained model is reused by every fine-tune),
+the "incl. pretraining" line puts it in.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -147,6 +154,21 @@ def run(
     return {"name": name, "history": history, "energy": rec.to_json(), "stopped": stopped, "steps": steps}
 
 
+def cached(work: Path, name: str, key: dict[str, Any], fn: Any) -> dict[str, Any]:
+    """``fn()``'s result, saved as ``work/<name>.json``; reused when the same key ran there before
+    (``--workdir``: try fine-tuning recipes against one pretrained model and one from-scratch run)."""
+    path = work / f"{name}.json"
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            print(f"{name}: reused from {path}", flush=True)
+            return saved["result"]
+    result = fn()
+    path.write_text(json.dumps({"key": key, "result": result}))
+    return result
+
+
 def to_target(res: dict[str, Any], target: float, flops_per_token: int, tokens_per_step: int) -> dict[str, Any] | None:
     """Compute up to the first validation at or below the target (None: never reached)."""
     hit = next((h for h in res["history"] if h["val_loss"] <= target), None)
@@ -178,6 +200,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (the training code's device setting).")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--eval-interval", type=int, default=10)
+    ap.add_argument("--ft-lr", type=float, default=1e-3, help="Peak learning rate of the fine-tune (from scratch: 3e-3).")
+    ap.add_argument("--ft-warmup", type=int, default=5)
+    ap.add_argument("--workdir", type=Path, default=None, help="Keep runs here and reuse pretraining/from-scratch runs with the same settings.")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -208,11 +233,14 @@ def main() -> int:
     rate = steps_per_second(TrainParams(**common), vocab, pre.train)
     print(f"calibration: {rate:.2f} steps/s", flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="lmwright-transfer-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lmwright-transfer-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data_key = {"pretrain_data": args.pretrain_data, "narrow": args.narrow, "vocab": vocab}
     pre_steps = args.pretrain_steps or max(50, int(rate * args.pretrain_seconds))
     pre_params = TrainParams(**common, lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=pre_steps,
                              max_seconds=None if args.pretrain_steps else args.pretrain_seconds)
-    pre_res = run("pretrain", work / "pretrain", pre, pre_params, vocab, energy)
+    pre_res = cached(work, "pretrain", {**data_key, "params": pre_params.model_dump(), "budget": args.pretrain_steps or args.pretrain_seconds},
+                     lambda: run("pretrain", work / "pretrain", pre, pre_params, vocab, energy))
     print(f"pretrain: {pre_res['steps']} steps, last val {pre_res['history'][-1]['val_loss']:.3f} "
           f"({args.pretrain_data}), {pre_res['energy']['energy_kwh']:.3g} kWh", flush=True)
     best = work / "pretrain" / "checkpoints" / "best"
@@ -220,12 +248,16 @@ def main() -> int:
     narrow_steps = args.scratch_steps or max(50, int(rate * args.scratch_seconds))
     narrow_budget = None if args.scratch_steps else args.scratch_seconds
     scratch_params = TrainParams(**common, lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=narrow_steps, max_seconds=narrow_budget)
-    scratch = run("from-scratch", work / "scratch", narrow, scratch_params, vocab, energy, target=args.target)
+    scratch = cached(work, "scratch", {**data_key, "params": scratch_params.model_dump(), "target": args.target,
+                                       "budget": args.scratch_steps or args.scratch_seconds},
+                     lambda: run("from-scratch", work / "scratch", narrow, scratch_params, vocab, energy, target=args.target))
     target = args.target if args.target is not None else min(h["val_loss"] for h in scratch["history"])
     print(f"from scratch: {scratch['steps']} steps, best val {min(h['val_loss'] for h in scratch['history']):.4f}; "
           f"target {target:.4f}", flush=True)
 
-    ft_params = TrainParams(**common, lr=1e-3, min_lr=1e-4, warmup_steps=5, max_steps=narrow_steps, max_seconds=narrow_budget)
+    ft_params = TrainParams(**common, lr=args.ft_lr, min_lr=args.ft_lr / 10, warmup_steps=args.ft_warmup,
+                            max_steps=narrow_steps, max_seconds=narrow_budget)
+    shutil.rmtree(work / "finetune", ignore_errors=True)
     ft = run("from-pretrained", work / "finetune", narrow, ft_params, vocab, energy, init_from=best, target=target)
     print(f"from pretrained: start val {ft['history'][0]['val_loss']:.4f}, "
           f"{ft['steps']} steps, stopped at {ft['stopped']}", flush=True)
