@@ -56,11 +56,10 @@ from tasks.tokenize import TOKENIZER_FILE, TokenDatasetRef, TokenizeParams, run_
 from tasks.withdraw import (
     consent_params,
     find_withdrawn,
-    record_withdrawn,
+    next_record,
     render_withdrawals_markdown,
     withdraw_datasets,
     withdrawal_report,
-    withdrawn_path,
 )
 
 REPORT_KEY = "refresh-report"
@@ -107,7 +106,7 @@ def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | No
         logger.info("%d new or changed file(s) since %s", len(scan.new), latest["version"] if latest else "the start")
 
         # Consent withdrawn since the last version: those documents leave the corpus (and the replay pool)
-        base = withdraw_documents(workdir, config, latest, withdrawn, consent)
+        base, record = withdraw_documents(workdir, config, latest, withdrawn, consent)
         committed = Ledger(
             version=latest["version"] if latest else None,
             files={**ledger.files, **{k: scan.entries[k] for k in scan.new}},
@@ -119,8 +118,7 @@ def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | No
             curated = curate(config.model_copy(update={"ingest": config.ingest.model_copy(update={"sources": specs})}))
             # ... and against everything earlier versions kept
             kept, index_part = run_previous_dedup(
-                workdir, curated.corpus_ref(), config.dedup, settings.threshold, base, checks,
-                withdrawn=withdrawn_path(workdir) if withdrawn_path(workdir).is_file() else None,
+                workdir, curated.corpus_ref(), config.dedup, settings.threshold, base, checks, withdrawn=record
             )
             stats = kept.stats()
             n_kept, n_prev = stats["kept"], stats["rejected_by_reason"].get(REASON_PREVIOUS, 0)
@@ -141,7 +139,7 @@ def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | No
             # Train: new tokens + replay of old ones, continuing from the promoted model
             tokens, new_tokens = tokenize_and_mix(workdir, config, settings, plan, kept, base)
             models, init_from = continue_training(workdir, config, settings, plan, tokens)
-            evaluation = evaluate_refresh(config, settings, plan, models, curated.card)
+            evaluation = evaluate_refresh(config, settings, plan, models, curated.card, record)
             info |= {
                 "curated": curated.corpus, "stages": curated.stages, "card": curated.card, "tokens": tokens.path,
                 "model": models.finetuned or models.pretrained, "pretrained": models.pretrained, "init_from": init_from,
@@ -150,10 +148,10 @@ def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | No
             added, index_file = dataset_entry(kept, "", new_tokens), Path(index_part["path"])
 
         # Load: commit the version (index file, ledger snapshot, card, manifest, then latest.json)
-        report = withdrawal_report(workdir)
+        report = withdrawal_report(workdir, record) if record else None
         manifest = commit_version(
             workdir, base, added, index_file, index_params_of(config.dedup), committed, info,
-            card=corpus_card(base, added, report),
+            card=corpus_card(base, added, report), withdrawn=record,
         )
         pending_path(workdir).unlink(missing_ok=True)
 
@@ -177,23 +175,31 @@ def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | No
 
 def withdraw_documents(
     workdir: str, config: PipelineConfig, latest: dict[str, Any] | None, withdrawn: pl.DataFrame, consent: LicenseParams
-) -> dict[str, Any] | None:
-    """``latest`` as the next version starts from: each dataset holding a withdrawn document replaced by
-    its re-filtered copy (token arrays dropped, so the replay pool is encoded again without them)."""
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``latest`` as the next version starts from, and the record of every document withdrawn so far.
+
+    Each dataset holding a withdrawn document is replaced by its re-filtered copy; its token
+    arrays are dropped, so the replay pool is encoded again without them (its tokenizer stays
+    on record for the next plan)."""
+    previous = latest.get("withdrawn") if latest else None
     if latest is None or not withdrawn.height:
-        return latest
+        return latest, previous
     version = next_version(latest)
-    record_withdrawn(workdir, withdrawn, version)
+    record = next_record(workdir, previous, withdrawn, version)
     refiltered = withdraw_datasets(workdir, latest, withdrawn, consent, config.validation, config.energy)
     datasets = [
-        d if ref is None else {**dataset_entry(ref, d["added_in"], None), "withdrawn_from": d["path"]}
+        d if ref is None else {
+            **dataset_entry(ref, d["added_in"], None),
+            "withdrawn_from": d["path"],
+            "tokens_before_withdrawal": d.get("tokens") or d.get("tokens_before_withdrawal"),
+        }
         for d, ref in zip(latest["datasets"], refiltered)
     ]
     get_run_logger().warning(
         "consent withdrawn for %d document(s): %s leaves them out; models trained on them still contain them "
         "(see the version's card)", withdrawn.height, version,
     )
-    return {**latest, "datasets": datasets, "rows": sum(d["rows"] for d in datasets)}
+    return {**latest, "datasets": datasets, "rows": sum(d["rows"] for d in datasets)}, record
 
 
 def corpus_card(base: dict[str, Any] | None, added: dict[str, Any] | None, withdrawals: dict[str, Any] | None) -> str:
@@ -235,6 +241,8 @@ def tokenize_and_mix(
     tokenizer_sha = file_sha256(new_tokens.dir / TOKENIZER_FILE)
     old: list[TokenDatasetRef] = []
     for d in latest["datasets"] if latest else []:
+        if d["rows"] == 0:  # every document of it was withdrawn: nothing to replay
+            continue
         t = d.get("tokens")
         if t and t["tokenizer_sha256"] == tokenizer_sha and is_complete(t["path"]):
             old.append(TokenDatasetRef(t["path"], t["fingerprint"]))
@@ -277,16 +285,21 @@ def continue_training(
 
 
 def evaluate_refresh(
-    config: PipelineConfig, settings: RefreshSettings, plan: RefreshPlan, models: TrainedModels, card: str
+    config: PipelineConfig,
+    settings: RefreshSettings,
+    plan: RefreshPlan,
+    models: TrainedModels,
+    card: str,
+    withdrawn: str | None = None,
 ) -> Evaluation:
     """The evaluate flow (gate, export, promote); first, the new model must not do worse than the
     promoted one on the same held-out tokens (``max_regression``), else it is not exported."""
     regression = _regression(config, settings, plan, models)
     if regression:
         get_run_logger().warning("not promoted (%s); the promoted model stays %s", regression, plan.base.promoted)  # type: ignore[union-attr]
-        evaluation = evaluate_flow(config, models, card, export=False)
+        evaluation = evaluate_flow(config, models, card, export=False, withdrawn=withdrawn)
         return evaluation.model_copy(update={"promoted": False, "reasons": [regression]})
-    return evaluate_flow(config, models, card, export=True)
+    return evaluate_flow(config, models, card, export=True, withdrawn=withdrawn)
 
 
 def _regression(config: PipelineConfig, settings: RefreshSettings, plan: RefreshPlan, models: TrainedModels) -> str | None:

@@ -65,8 +65,17 @@ class Evaluation(BaseModel):
 
 
 @flow(name="evaluate", log_prints=True, persist_result=True, task_runner=default_task_runner())
-def evaluate_flow(config: PipelineConfig, models: TrainedModels, corpus_card: str | None = None, export: bool = True) -> Evaluation:
-    """Score the final model on held-out data, gate it, export it, promote it if the gate passes."""
+def evaluate_flow(
+    config: PipelineConfig,
+    models: TrainedModels,
+    corpus_card: str | None = None,
+    export: bool = True,
+    withdrawn: str | None = None,
+) -> Evaluation:
+    """Score the final model on held-out data, gate it, export it, promote it if the gate passes.
+
+    ``withdrawn``: the record of documents whose consent was withdrawn (default: the current
+    corpus version's); the model card names the models that still contain them."""
     workdir = config.workdir
     tokens = TokenDatasetRef(path=models.tokens, fingerprint=Path(models.tokens).name)
     sft = SftDatasetRef(path=models.sft, fingerprint=Path(models.sft).name) if models.sft else None
@@ -84,7 +93,7 @@ def evaluate_flow(config: PipelineConfig, models: TrainedModels, corpus_card: st
         return Evaluation(report=work.out_dir, metrics=metrics, export=None, promoted=False, reasons=["export skipped"])
 
     energy = run_energy(corpus_card, models.tokens, [models.pretrained, models.finetuned])
-    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawal_report(workdir), energy)
+    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawal_report(workdir, withdrawn), energy)
     publish_energy(energy)
     export_work = plan_stage(workdir, "export", "1", {"card": card}, [final.fingerprint], area="exports")
     hf_dir = export_model(export_work, final, metrics, card)

@@ -659,10 +659,19 @@ def cluster_files(
 
     Same clusters and counts as ``cluster_frame(read_signatures(paths))``. Memory: one int64
     label per document plus ~``part_rows`` rows of one reduce partition; ``spill`` holds the
-    sorted runs (~16 B/document/band) and is removed at the end.
+    sorted runs (~16 B/document/band) and is removed at the end, also when a step fails.
     """
     spill = Path(spill)
     shutil.rmtree(spill, ignore_errors=True)
+    try:
+        return _cluster_spilled(paths, params, Path(out), spill, spill_rows, part_rows, verify_pairs)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _cluster_spilled(
+    paths: list[str], params: DedupParams, out: Path, spill: Path, spill_rows: int, part_rows: int, verify_pairs: int
+) -> dict[str, Any]:
     heights = file_heights(paths)
     starts = np.concatenate([[0], np.cumsum(heights)]).astype(np.int64)
     n = int(starts[-1])
@@ -748,8 +757,7 @@ def cluster_files(
     else:
         connected_components(n, np.zeros(0, np.int64), np.zeros(0, np.int64), labels)
 
-    counts.update(_write_clusters(paths, heights, labels, params, Path(out)))
-    shutil.rmtree(spill, ignore_errors=True)
+    counts.update(_write_clusters(paths, heights, labels, params, out))
     return counts
 
 

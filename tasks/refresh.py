@@ -318,12 +318,14 @@ def commit_version(
     ledger: Ledger,
     refresh_info: dict[str, Any],
     card: str | None = None,
+    withdrawn: str | None = None,
 ) -> dict[str, Any]:
     """Write the new version's index file, ledger snapshot, card and manifest, then move latest.json.
 
     ``previous`` is the version this one builds on, its datasets as they stay (withdrawn
     documents already filtered out); ``dataset`` and ``index_part`` are what this refresh adds
-    (None when it only withdrew documents). Every file is written whole (tmp + rename) under
+    (None when it only withdrew documents); ``withdrawn`` the record of every document withdrawn
+    so far (copied into the version). Every file is written whole (tmp + rename) under
     a name fixed by the version number, so a kill at any point leaves either the previous
     version current (and the rerun rewrites the same files) or the new one current.
     """
@@ -334,6 +336,12 @@ def commit_version(
     write_ledger(vdir / "ledger.json", snapshot)
     if card is not None:
         atomic_write_text(vdir / "card.md", card)
+    record = None
+    if withdrawn is not None:
+        record = vdir / "withdrawn.parquet"
+        tmp = vdir / ".withdrawn.parquet.tmp"
+        shutil.copyfile(withdrawn, tmp)
+        os.replace(tmp, record)
     datasets = [*(previous["datasets"] if previous else []), *([{**dataset, "added_in": name}] if dataset else [])]
     index_files = [*(previous["index"]["files"] if previous else [])]
     if index_part is not None:
@@ -349,6 +357,7 @@ def commit_version(
         "index": {"params": index_params, "files": index_files},
         "ledger": str((vdir / "ledger.json").resolve()),
         "card": str((vdir / "card.md").resolve()) if card is not None else None,
+        "withdrawn": str(record.resolve()) if record is not None else None,
         "refresh": refresh_info,
     }
     write_json(vdir / "manifest.json", manifest)
@@ -463,7 +472,9 @@ class PreviousDedupParams(DedupParams):
 
     index: list[str] = Field(default_factory=list, description="Index files of every earlier version.")
     index_sha256: list[str] = Field(default_factory=list, description="Their content hashes (part of the fingerprint).")
-    withdrawn: str | None = Field(None, description="Record of withdrawn documents: index rows of these ids are ignored.")
+    withdrawn: str | None = Field(
+        None, description="Record of withdrawn documents: no duplicate target any more, but their ids stay taken."
+    )
     withdrawn_sha256: str | None = Field(None, description="Its content hash (part of the fingerprint).")
 
 
@@ -479,9 +490,10 @@ def apply_previous_dedup(docs: pl.DataFrame, params: PreviousDedupParams) -> pl.
     detail: list[str | None] = [None] * n
     if params.index and n:
         sf = signature_frame(docs.select("id", "text"), "q", params)
-        idx = pl.scan_parquet(params.index)
-        if params.withdrawn:  # no longer in the corpus: neither a duplicate target nor a taken id
-            idx = idx.join(pl.scan_parquet(params.withdrawn).select("id"), on="id", how="anti")
+        every = pl.scan_parquet(params.index)
+        idx = every
+        if params.withdrawn:  # no longer in the corpus, so no document duplicates them
+            idx = every.join(pl.scan_parquet(params.withdrawn).select("id"), on="id", how="anti")
         exact_rows = idx.filter(pl.col("band") == EXACT_BAND)
         rows = np.arange(n)
         matched = np.zeros(n, dtype=bool)
@@ -499,8 +511,8 @@ def apply_previous_dedup(docs: pl.DataFrame, params: PreviousDedupParams) -> pl.
         if params.near and pool.any():
             _near_matches(sf, np.flatnonzero(pool), idx, exact_rows, params, reason, dup_of, detail)
         ids = docs["id"].to_list()
-        taken = set(exact_rows.filter(pl.col("id").is_in(pl.Series(ids, dtype=pl.String).implode()))
-                    .select("id").collect()["id"].to_list())
+        taken = set(every.filter(pl.col("band") == EXACT_BAND, pl.col("id").is_in(pl.Series(ids, dtype=pl.String).implode()))
+                    .select("id").collect()["id"].to_list())  # withdrawn ids included: an id is never reused
         for r, i in enumerate(ids):
             if reason[r] is None and i in taken:
                 reason[r], dup_of[r] = REASON_ID, i
@@ -576,7 +588,7 @@ def run_previous_dedup(
     threshold: float | None,
     latest: dict[str, Any] | None,
     validation: ValidationSettings,
-    withdrawn: Path | None = None,
+    withdrawn: str | None = None,
 ) -> tuple[DatasetRef, dict[str, Any]]:
     """Dedup ``source`` against every earlier version, then index what it keeps: (kept dataset, index part info)."""
     files = latest["index"]["files"] if latest else []
@@ -590,7 +602,7 @@ def run_previous_dedup(
         index=[f["path"] for f in files],
         index_sha256=[f["sha256"] for f in files],
         withdrawn=str(withdrawn) if withdrawn else None,
-        withdrawn_sha256=file_sha256(withdrawn) if withdrawn else None,
+        withdrawn_sha256=file_sha256(Path(withdrawn)) if withdrawn else None,
     )
     kept = run_shard_stage(workdir, PREVIOUS_DEDUP, source, params, validation)
     work = IndexPartWork(STAGE, kept.fingerprint, kept.path, unit="index")
@@ -841,8 +853,9 @@ def plan_refresh(workdir: str | Path, latest: dict[str, Any] | None, scan: Sourc
 def _latest_tokenizer(latest: dict[str, Any] | None) -> str | None:
     """Without a promoted model, keep the tokenizer the corpus was last tokenized with."""
     for d in reversed(latest["datasets"] if latest else []):
-        if d.get("tokens"):
-            return str(Path(d["tokens"]["path"]) / TOKENIZER_FILE)
+        tokens = d.get("tokens") or d.get("tokens_before_withdrawal")
+        if tokens and Path(tokens["path"], TOKENIZER_FILE).is_file():
+            return str(Path(tokens["path"]) / TOKENIZER_FILE)
     return None
 
 

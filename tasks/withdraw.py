@@ -9,9 +9,9 @@ refresh:
    usual dataset contract: the dropped documents land in ``rejected/`` with reason
    ``consent_withdrawn`` and the registry entry, file and line as detail) and lists the
    filtered dataset in the new version instead of the old one (``withdraw_datasets``);
-3. records them in ``<workdir>/refresh/withdrawn.parquet`` (cumulative, one row per document,
-   rewritten whole) so later refreshes keep them out of the replay pool and the cross-version
-   dedup index;
+3. records them, with every document withdrawn before, in the version's ``withdrawn.parquet``
+   (``corpus/vNNNN/``, listed in its manifest), so later refreshes keep them out of the
+   cross-version dedup index (their ids stay taken: ids are never reused);
 4. says which trained models still contain each one (``withdrawal_report``): weights cannot
    forget, so the corpus card of the version and the model card of every later export name
    them. A model contains a document when the document was in the train split of the tokens
@@ -23,6 +23,7 @@ refresh:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,6 +34,7 @@ from data_quality import ValidationSettings
 from tasks.dataset import DatasetRef, write_parquet
 from tasks.energy import EnergySettings
 from tasks.license import REASON_WITHDRAWN, LicenseParams, optout_matches, registry_of
+from tasks.refresh import read_latest
 from tasks.stage import ShardStage, run_shard_stage
 from tasks.tokenize import DOCS_FILE
 
@@ -115,25 +117,31 @@ def withdraw_datasets(
     return out
 
 
-# -- the cumulative record --------------------------------------------------------------------
+# -- the record: every document withdrawn up to a version ------------------------------------
 
 
-def withdrawn_path(workdir: str | Path) -> Path:
-    return Path(workdir) / "refresh" / WITHDRAWN_FILE
+def read_record(path: str | Path | None) -> pl.DataFrame:
+    """A version's record of withdrawn documents (empty for None)."""
+    return pl.read_parquet(path) if path else pl.DataFrame(schema=WITHDRAWN_SCHEMA)
 
 
-def read_withdrawn(workdir: str | Path) -> pl.DataFrame:
-    path = withdrawn_path(workdir)
-    return pl.read_parquet(path) if path.is_file() else pl.DataFrame(schema=WITHDRAWN_SCHEMA)
+def committed_record(workdir: str | Path) -> str | None:
+    """The record of the current corpus version, if any document was ever withdrawn."""
+    latest = read_latest(workdir)
+    return latest.get("withdrawn") if latest else None
 
 
-def record_withdrawn(workdir: str | Path, found: pl.DataFrame, version: str) -> pl.DataFrame:
-    """Add ``found`` (withdrawn in ``version``) to the record; the first withdrawal of an id wins,
-    so running the same refresh again writes the same file."""
+def next_record(workdir: str | Path, previous: str | None, found: pl.DataFrame, version: str) -> str:
+    """The previous version's record plus ``found`` (withdrawn in ``version``), written content-addressed
+    under ``refresh/withdrawn/`` for this refresh to use; ``commit_version`` copies it into the version.
+    A refresh killed and rerun with another registry writes another file, never a changed one."""
     new = found.select("id", "optout", "added_in", pl.lit(version).alias("withdrawn_in"))
-    merged = pl.concat([read_withdrawn(workdir), new]).unique("id", keep="first", maintain_order=True)
-    write_parquet(merged, withdrawn_path(workdir))
-    return merged
+    record = pl.concat([read_record(previous), new]).unique("id", keep="first", maintain_order=True)
+    digest = hashlib.sha256(record.write_csv().encode()).hexdigest()[:20]
+    path = Path(workdir) / "refresh" / "withdrawn" / f"{digest}.parquet"
+    if not path.is_file():
+        write_parquet(record, path)
+    return str(path.resolve())
 
 
 # -- which models still contain them ----------------------------------------------------------
@@ -190,9 +198,10 @@ def models_containing(workdir: str | Path, ids: Iterable[str]) -> dict[str, list
     return {m: sorted(v) for m, v in contains.items() if v}
 
 
-def withdrawal_report(workdir: str | Path) -> dict[str, Any] | None:
-    """What the cards say: every withdrawn document and the trained models that still contain it."""
-    withdrawn = read_withdrawn(workdir)
+def withdrawal_report(workdir: str | Path, record: str | None = None) -> dict[str, Any] | None:
+    """What the cards say: every withdrawn document (``record``; default: the current version's)
+    and the trained models that still contain it."""
+    withdrawn = read_record(record if record is not None else committed_record(workdir))
     if not withdrawn.height:
         return None
     by_model = models_containing(workdir, withdrawn["id"].to_list())
@@ -223,7 +232,7 @@ def render_withdrawals_markdown(report: dict[str, Any] | None, model: str | None
     for d in docs[:limit]:
         lines.append(f"| {d['id']} | {d['optout']} | {d['added_in']} | {d['withdrawn_in']} | {len(d['models'])} |")
     if len(docs) > limit:
-        lines.append(f"| ... {len(docs) - limit} more in refresh/{WITHDRAWN_FILE} | | | | |")
+        lines.append(f"| ... {len(docs) - limit} more in the corpus version's {WITHDRAWN_FILE} | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -233,10 +242,10 @@ __all__ = [
     "consent_params",
     "find_withdrawn",
     "models_containing",
-    "read_withdrawn",
-    "record_withdrawn",
+    "committed_record",
+    "next_record",
+    "read_record",
     "render_withdrawals_markdown",
     "withdraw_datasets",
     "withdrawal_report",
-    "withdrawn_path",
 ]

@@ -149,6 +149,7 @@ def test_duplicate_ids_rejected(tmp_path: Path) -> None:
     write_parquet(signature_frame(docs, "part-00000", params), path)
     with pytest.raises(ValueError, match="unique document ids.*'a'"):
         cluster_files([str(path)], params, tmp_path / "c.parquet", tmp_path / "spill")
+    assert not (tmp_path / "spill").exists()  # the sorted runs go, also when a step fails
     with pytest.raises(ValueError, match="unique document ids.*'a'"):
         cluster_files_dask([str(path)], params, tmp_path / "c.parquet", scheduler="sync")
 

@@ -253,6 +253,14 @@ def test_apply_previous_dedup_exact_near_and_id(tmp_path: Path, books: dict[str,
     none = apply_previous_dedup(new, PreviousDedupParams(**params.model_dump()))
     assert none["reason"].null_count() == new.height
 
+    # old-0 and old-1 withdrawn: their text is free again, their ids stay taken (never reused)
+    record = tmp_path / "withdrawn.parquet"
+    pl.DataFrame({"id": ["old-0", "old-1"]}).write_parquet(record)
+    again = _docs([("n-exact", old[0].upper()), ("n-near", " ".join(words)), ("old-0", books["moby"][7])])
+    out = apply_previous_dedup(again, PreviousDedupParams(**params.model_dump(), index=[str(index)], withdrawn=str(record)))
+    got = {r["id"]: (r["reason"], r["dup_of"]) for r in out.iter_rows(named=True)}
+    assert got == {"n-exact": (None, None), "n-near": (None, None), "old-0": (REASON_ID, "old-0")}
+
 
 def test_settings_and_replay_budget() -> None:
     s = RefreshSettings()

@@ -12,7 +12,7 @@ from flows.refresh import refresh
 from tasks.dataset import DatasetRef
 from tasks.license import LicenseParams, content_hash, resolve_optouts
 from tasks.refresh import read_latest, version_parts
-from tasks.withdraw import apply_withdraw, consent_params, read_withdrawn
+from tasks.withdraw import apply_withdraw, consent_params, read_record
 from tests.test_refresh import SETTINGS, paragraphs, refresh_config, write_paragraphs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -104,8 +104,9 @@ def test_withdrawn_document_leaves_the_next_version(tmp_path: Path, shared_data:
     card = Path(v2["card"]).read_text()
     assert "## Consent withdrawn" in card
     assert f"| {Path(first.model).resolve()} | {len(in_first)} |" in card
-    record = read_withdrawn(work)
+    record = read_record(v2["withdrawn"])
     assert set(record["id"].to_list()) == expected and set(record["withdrawn_in"].to_list()) == {"v0002"}
+    assert Path(v2["withdrawn"]).parent == work / "corpus" / "v0002"
 
     # (2) nothing new now: the withdrawal is done once
     assert refresh(config, SETTINGS).message.startswith("nothing new")
@@ -120,6 +121,7 @@ def test_withdrawn_document_leaves_the_next_version(tmp_path: Path, shared_data:
     mix_docs = pl.read_parquet(Path(v3["refresh"]["tokens"]) / "docs.parquet")
     assert mix_docs.filter(pl.col("origin") > 0).height > 0  # there was a replay
     assert not expected & set(mix_docs["id"].to_list())
+    assert read_record(v3["withdrawn"]).equals(record)  # the record follows the versions
     # its model card says it still contains what it inherited from the first model
     cards = [p.read_text() for p in (work / "exports").rglob("README.md")]
     mine = [c for c in cards if Path(third.model).name in c]
