@@ -157,9 +157,12 @@ def _model_dir_of_checkpoint(checkpoint: str) -> str:
     return str(Path(checkpoint).resolve().parents[1])  # <model>/checkpoints/best
 
 
-def _trained_on(tokens_dir: str | None, ids: pl.Series) -> set[str]:
-    if not tokens_dir or not (Path(tokens_dir) / DOCS_FILE).is_file():
+def _trained_on(tokens_dir: str | None, ids: pl.Series) -> set[str] | None:
+    """The given documents in the train split of a model's tokens; None when that record is gone."""
+    if not tokens_dir:
         return set()
+    if not (Path(tokens_dir) / DOCS_FILE).is_file():
+        return None
     docs = pl.scan_parquet(Path(tokens_dir) / DOCS_FILE)
     schema = docs.collect_schema()
     docs = docs.filter(pl.col("split") == "train", pl.col("id").is_in(ids.implode()))
@@ -170,10 +173,14 @@ def _trained_on(tokens_dir: str | None, ids: pl.Series) -> set[str]:
     return set(docs.select("id").collect()["id"].to_list())
 
 
-def models_containing(workdir: str | Path, ids: Iterable[str]) -> dict[str, list[str]]:
-    """model directory -> the given documents it still contains (models containing none left out)."""
+def models_containing(workdir: str | Path, ids: Iterable[str], unknown: set[str] | None = None) -> dict[str, list[str]]:
+    """model directory -> the given documents it still contains (models containing none left out).
+
+    Models whose training data record is gone (deleted tokens) cannot be checked: they are
+    added to ``unknown`` (with every model initialized from them), never reported as clean."""
     wanted = pl.Series("id", sorted(set(ids)), dtype=pl.String)
     contains: dict[str, set[str]] = {}
+    unknown = unknown if unknown is not None else set()
     if not wanted.len():
         return {}
     pending = trained_models(workdir)
@@ -186,10 +193,16 @@ def models_containing(workdir: str | Path, ids: Iterable[str]) -> dict[str, list
         result = results.get(model)
         if result is None or model in seen:
             return set()
-        inside = _trained_on(result.get("tokens"), wanted)
+        seen_here = _trained_on(result.get("tokens"), wanted)
+        if seen_here is None:
+            unknown.add(model)
+        inside = seen_here or set()
         base = result.get("base") or (_model_dir_of_checkpoint(result["init_from"]) if result.get("init_from") else None)
         if base:
-            inside |= resolve(str(Path(base).resolve()), (*seen, model))
+            base = str(Path(base).resolve())
+            inside |= resolve(base, (*seen, model))
+            if base in unknown:
+                unknown.add(model)
         contains[model] = inside
         return inside
 
@@ -204,13 +217,14 @@ def withdrawal_report(workdir: str | Path, record: str | None = None) -> dict[st
     withdrawn = read_record(record if record is not None else committed_record(workdir))
     if not withdrawn.height:
         return None
-    by_model = models_containing(workdir, withdrawn["id"].to_list())
+    unknown: set[str] = set()
+    by_model = models_containing(workdir, withdrawn["id"].to_list(), unknown)
     holders: dict[str, list[str]] = {}
     for model, docs in by_model.items():
         for doc in docs:
             holders.setdefault(doc, []).append(model)
     documents = [{**row, "models": sorted(holders.get(row["id"], []))} for row in withdrawn.iter_rows(named=True)]
-    return {"documents": documents, "models": {m: len(d) for m, d in sorted(by_model.items())}}
+    return {"documents": documents, "models": {m: len(d) for m, d in sorted(by_model.items())}, "unknown": sorted(unknown)}
 
 
 def render_withdrawals_markdown(report: dict[str, Any] | None, model: str | None = None, limit: int = 50) -> str:
@@ -224,10 +238,15 @@ def render_withdrawals_markdown(report: dict[str, Any] | None, model: str | None
         "(opt-out registry). Trained weights cannot forget them: these models still contain some."
     )
     if model is not None:
-        mine = report["models"].get(str(Path(model).resolve()), 0)
-        lines += ["", f"**This model contains {mine} of them.**" if mine else "This model contains none of them."]
+        me = str(Path(model).resolve())
+        mine = report["models"].get(me, 0)
+        if me in report.get("unknown", []):
+            lines += ["", f"**This model contains at least {mine} of them; the rest cannot be checked (training data record gone).**"]
+        else:
+            lines += ["", f"**This model contains {mine} of them.**" if mine else "This model contains none of them."]
     lines += ["", "| model | withdrawn documents it contains |", "|---|---:|"]
     lines += [f"| {m} | {n} |" for m, n in report["models"].items()] or ["| (none) | 0 |"]
+    lines += [f"| {m} | unknown: its training data record is gone |" for m in report.get("unknown", [])]
     lines += ["", "| document | opt-out entry | added in | withdrawn in | models containing it |", "|---|---|---|---|---:|"]
     for d in docs[:limit]:
         lines.append(f"| {d['id']} | {d['optout']} | {d['added_in']} | {d['withdrawn_in']} | {len(d['models'])} |")

@@ -12,7 +12,7 @@ from flows.refresh import refresh
 from tasks.dataset import DatasetRef
 from tasks.license import LicenseParams, content_hash, resolve_optouts
 from tasks.refresh import read_latest, version_parts
-from tasks.withdraw import apply_withdraw, consent_params, read_record
+from tasks.withdraw import apply_withdraw, consent_params, models_containing, read_record, render_withdrawals_markdown
 from tests.test_refresh import SETTINGS, paragraphs, refresh_config, write_paragraphs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -48,6 +48,33 @@ def test_apply_withdraw_names_the_entry(tmp_path: Path) -> None:
         "opt-out registry entry id:d2 @ optout/a.txt:2",
         "opt-out registry entry url:x.org/private/ @ optout/a.txt:3",
     ]
+
+
+def _model(work: Path, stage: str, name: str, result: dict) -> Path:
+    d = work / "models" / stage / name
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps(result))
+    (d / "manifest.json").write_text("{}")
+    return d
+
+
+def test_models_containing_follows_lineage_and_says_when_it_cannot_tell(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    pl.DataFrame({"id": ["x", "y", "z"], "split": ["train", "val", "train"], "offset": [0, 0, 5], "repeats": [1, 1, 0]}) \
+        .write_parquet(tokens / "docs.parquet")
+    a = _model(tmp_path, "pretrain", "a", {"tokens": str(tokens), "init_from": None})
+    b = _model(tmp_path, "pretrain", "b", {"tokens": str(tmp_path / "gone"), "init_from": str(a / "checkpoints" / "best")})
+    c = _model(tmp_path, "finetune", "c", {"base": str(b), "sft": "s"})
+    d = _model(tmp_path, "pretrain", "d", {"tokens": str(tmp_path / "gone"), "init_from": None})
+    unknown: set[str] = set()
+    found = models_containing(tmp_path, ["x", "y", "z"], unknown)
+    # x: trained on by a, inherited by b and c; y only validated on; z left out of the mix (repeats 0)
+    assert found == {str(a.resolve()): ["x"], str(b.resolve()): ["x"], str(c.resolve()): ["x"]}
+    assert unknown == {str(b.resolve()), str(c.resolve()), str(d.resolve())}
+    report = {"documents": [], "models": {m: len(v) for m, v in found.items()}, "unknown": sorted(unknown)}
+    assert "This model contains 1 of them." in render_withdrawals_markdown(report, model=str(a))
+    assert "cannot be checked" in render_withdrawals_markdown(report, model=str(d))
 
 
 def test_withdrawn_document_leaves_the_next_version(tmp_path: Path, shared_data: Path) -> None:
