@@ -145,6 +145,7 @@ def run(
         if target is not None and record["val_loss"] <= target:
             raise ReachedTarget(step, record)
 
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: train() would resume from checkpoints left there
     stopped, steps = "budget", None
     with track(name, energy) as rec:
         try:
@@ -257,7 +258,6 @@ def main() -> int:
 
     ft_params = TrainParams(**common, lr=args.ft_lr, min_lr=args.ft_lr / 10, warmup_steps=args.ft_warmup,
                             max_steps=narrow_steps, max_seconds=narrow_budget)
-    shutil.rmtree(work / "finetune", ignore_errors=True)
     ft = run("from-pretrained", work / "finetune", narrow, ft_params, vocab, energy, init_from=best, target=target)
     print(f"from pretrained: start val {ft['history'][0]['val_loss']:.4f}, "
           f"{ft['steps']} steps, stopped at {ft['stopped']}", flush=True)
