@@ -108,9 +108,11 @@ def run_energy(corpus_card: str | None, tokens: str | None, model_dirs: list[str
         card = json.loads(Path(corpus_card).with_suffix(".json").read_text())
         blocks.update({row["stage"]: row["energy"] for row in card["funnel"] if row.get("energy")})
     if tokens and (Path(tokens) / "stats.json").is_file():
-        energy = json.loads((Path(tokens) / "stats.json").read_text()).get("energy")
-        if energy:
-            blocks["tokenize"] = energy
+        stats = json.loads((Path(tokens) / "stats.json").read_text())
+        if not stats.get("energy") and stats.get("new"):  # a refresh's replay mix: its new tokens were measured
+            stats = json.loads((Path(stats["new"]) / "stats.json").read_text())
+        if stats.get("energy"):
+            blocks["tokenize"] = stats["energy"]
     for path in filter(None, model_dirs):
         result = json.loads((Path(path) / "result.json").read_text())
         if result.get("energy"):

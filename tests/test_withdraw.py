@@ -154,6 +154,7 @@ def test_withdrawn_document_leaves_the_next_version(tmp_path: Path, shared_data:
     mine = [c for c in cards if Path(third.model).name in c]
     assert mine, "the third model was exported with a model card"
     assert f"**This model contains {len(in_first)} of them.**" in mine[0]
+    assert "| tokenize |" in mine[0]  # the refresh's model card has the new tokens' energy
 
 
 def read_json(path: Path) -> dict:
