@@ -65,7 +65,7 @@ def render_model_card(
             top = sorted(row["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:3]
             header.append(f"| {row['stage']} | {row['in']:,} | {row['rejected']:,} | {', '.join(f'{k} {v}' for k, v in top)} |")
     if withdrawals:
-        header += ["", "#" + render_withdrawals_markdown(withdrawals, model=model.path).strip()]
+        header += ["", render_withdrawals_markdown(withdrawals, model=model.path, heading="###").strip()]
     if tokens_meta and tokens_meta.get("mixture"):
         header += ["", "### Training tokens by source", "", render_mixture_markdown(tokens_meta["mixture"]).strip()]
     header += [

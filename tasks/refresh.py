@@ -655,7 +655,7 @@ def mix_tokens(
         if r.meta()["dtype"] != meta["dtype"] or r.meta()["vocab_size"] != meta["vocab_size"]:
             raise ValueError(f"replay tokens {r.path} do not match the new tokens' vocabulary")
     # Replay candidates: old documents present in their .bin (a mixture may have left some out), one copy each.
-    pools = [_packed_docs(r).with_columns(pl.lit(k + 1).alias("origin")) for k, r in enumerate(old)]
+    pools = [packed_docs(r).with_columns(pl.lit(k + 1).alias("origin")) for k, r in enumerate(old)]
     pool = pl.concat(pools, how="diagonal_relaxed") if pools else None
     salt = f"replay:{params.seed}:{new.fingerprint}"
     new_val = meta["tokens"]["val"]
@@ -721,7 +721,8 @@ def mix_tokens(
     return TokenDatasetRef(str(out), work.fingerprint)
 
 
-def _packed_docs(ref: TokenDatasetRef) -> pl.DataFrame:
+def packed_docs(ref: TokenDatasetRef) -> pl.DataFrame:
+    """The documents whose tokens are in the .bin files (a mixture may have left some out), one row each."""
     docs = ref.docs()
     if "repeats" in docs.columns:
         docs = docs.filter(pl.col("repeats") > 0)

@@ -34,9 +34,9 @@ from data_quality import ValidationSettings
 from tasks.dataset import DatasetRef, write_parquet
 from tasks.energy import EnergySettings
 from tasks.license import REASON_WITHDRAWN, LicenseParams, optout_matches, registry_of
-from tasks.refresh import read_latest
+from tasks.refresh import packed_docs, read_latest
 from tasks.stage import ShardStage, run_shard_stage
-from tasks.tokenize import DOCS_FILE
+from tasks.tokenize import DOCS_FILE, TokenDatasetRef
 
 VERSION = "1"
 WITHDRAWN_FILE = "withdrawn.parquet"
@@ -80,21 +80,22 @@ def _match_columns(path: Path, registry: pl.DataFrame) -> list[str]:
     return cols
 
 
+FOUND_SCHEMA = {"id": pl.String, "optout": pl.String, "added_in": pl.String, "dataset": pl.Int32}
+
+
 def find_withdrawn(manifest: dict[str, Any] | None, params: LicenseParams) -> pl.DataFrame:
     """Documents of a corpus version that the registry names: id, optout, added_in, dataset (its position)."""
     registry = registry_of(params)
     found: list[pl.DataFrame] = []
     if manifest is None or not registry.height:
-        return pl.DataFrame(schema={"id": pl.String, "optout": pl.String, "added_in": pl.String, "dataset": pl.Int32})
+        return pl.DataFrame(schema=FOUND_SCHEMA)
     for k, dataset in enumerate(manifest["datasets"]):
         for shard in dataset["shards"]:
             docs = pl.read_parquet(shard["path"], columns=_match_columns(Path(shard["path"]), registry))
             hit = docs.select("id", optout_matches(docs, registry).alias("optout")).filter(pl.col("optout").is_not_null())
             if hit.height:
                 found.append(hit.with_columns(pl.lit(dataset["added_in"]).alias("added_in"), pl.lit(k, pl.Int32).alias("dataset")))
-    if not found:
-        return pl.DataFrame(schema={"id": pl.String, "optout": pl.String, "added_in": pl.String, "dataset": pl.Int32})
-    return pl.concat(found)
+    return pl.concat(found) if found else pl.DataFrame(schema=FOUND_SCHEMA)
 
 
 def withdraw_datasets(
@@ -148,9 +149,8 @@ def next_record(workdir: str | Path, previous: str | None, found: pl.DataFrame, 
 
 
 def trained_models(workdir: str | Path) -> list[Path]:
-    """Every finished training run under the workdir (pretrain and fine-tune), oldest first."""
-    runs = [p.parent for p in (Path(workdir) / "models").glob("*/*/result.json") if (p.parent / "manifest.json").is_file()]
-    return sorted(runs, key=lambda p: (p / "manifest.json").stat().st_mtime)
+    """Every finished training run under the workdir (pretrain and fine-tune)."""
+    return sorted(p.parent for p in (Path(workdir) / "models").glob("*/*/result.json") if (p.parent / "manifest.json").is_file())
 
 
 def _model_dir_of_checkpoint(checkpoint: str) -> str:
@@ -163,14 +163,8 @@ def _trained_on(tokens_dir: str | None, ids: pl.Series) -> set[str] | None:
         return set()
     if not (Path(tokens_dir) / DOCS_FILE).is_file():
         return None
-    docs = pl.scan_parquet(Path(tokens_dir) / DOCS_FILE)
-    schema = docs.collect_schema()
-    docs = docs.filter(pl.col("split") == "train", pl.col("id").is_in(ids.implode()))
-    if "repeats" in schema:
-        docs = docs.filter(pl.col("repeats") > 0)
-    if "offset" in schema:
-        docs = docs.filter(pl.col("offset").is_not_null())
-    return set(docs.select("id").collect()["id"].to_list())
+    docs = packed_docs(TokenDatasetRef(tokens_dir, Path(tokens_dir).name))
+    return set(docs.filter(pl.col("split") == "train", pl.col("id").is_in(ids.implode()))["id"].to_list())
 
 
 def models_containing(workdir: str | Path, ids: Iterable[str], unknown: set[str] | None = None) -> dict[str, list[str]]:
@@ -183,9 +177,8 @@ def models_containing(workdir: str | Path, ids: Iterable[str], unknown: set[str]
     unknown = unknown if unknown is not None else set()
     if not wanted.len():
         return {}
-    pending = trained_models(workdir)
-    # A model's base may finish later on disk than the model when reruns touch it: resolve recursively.
-    results = {str(p.resolve()): json.loads((p / "result.json").read_text()) for p in pending}
+    # memoized depth-first over the lineage: a model's base is resolved before the model itself
+    results = {str(p.resolve()): json.loads((p / "result.json").read_text()) for p in trained_models(workdir)}
 
     def resolve(model: str, seen: tuple[str, ...] = ()) -> set[str]:
         if model in contains:
@@ -201,7 +194,7 @@ def models_containing(workdir: str | Path, ids: Iterable[str], unknown: set[str]
         if base:
             base = str(Path(base).resolve())
             inside |= resolve(base, (*seen, model))
-            if base in unknown:
+            if base in unknown or base not in results:  # a base we cannot read (deleted, another workdir)
                 unknown.add(model)
         contains[model] = inside
         return inside
@@ -227,12 +220,14 @@ def withdrawal_report(workdir: str | Path, record: str | None = None) -> dict[st
     return {"documents": documents, "models": {m: len(d) for m, d in sorted(by_model.items())}, "unknown": sorted(unknown)}
 
 
-def render_withdrawals_markdown(report: dict[str, Any] | None, model: str | None = None, limit: int = 50) -> str:
+def render_withdrawals_markdown(
+    report: dict[str, Any] | None, model: str | None = None, limit: int = 50, heading: str = "##"
+) -> str:
     """The 'Consent withdrawn' section of a corpus card or model card (``model``: the card's own model)."""
     if not report:
         return ""
     docs = report["documents"]
-    lines = ["## Consent withdrawn", ""]
+    lines = [f"{heading} Consent withdrawn", ""]
     lines.append(
         f"{len(docs)} document(s) were removed from the corpus after their owners withdrew consent "
         "(opt-out registry). Trained weights cannot forget them: these models still contain some."
