@@ -7,6 +7,11 @@ boundary character the previous match consumed). Card numbers and IBANs need a c
 so only documents with a candidate go through Python, where each candidate is checked
 (Luhn / ISO 7064 mod 97) before it is replaced.
 
+Phone numbers without an area code (``contact 555-0199``, ``call 0171 234567``) cannot be
+told from other numbers by their digits, so they are redacted only after a word that says
+phone (call, tel., phone, contact, fax; Telefon, téléphone, teléfono, ...), and only when
+the number is not a date or a range of years (``local_phone_ok``).
+
 Counts per type are taken as (placeholders after) - (placeholders before), so text that
 already contained a placeholder is not counted twice.
 
@@ -61,6 +66,27 @@ _UK = (
 )
 PHONE_NATIONAL = rf"(^|[^\w.,+-]|[A-Za-z])((?:{_NANP}|{_UK}))($|[^\d-]|[.,][^\d])"
 
+# Local numbers (no area code, or national formats without a fixed layout: 555-0199,
+# 0171 234567, 030/1234567, 01 23 45 67 89) only where the words before them say phone:
+# group 1 is the context word plus what may stand between it and the number ("call us on",
+# "Tel.:", "Fax-Nr."), kept; group 2 the number, checked in Python (local_phone_ok) so that
+# dates, times, versions and years after "contact" or "call" stay; group 3 the boundary.
+_PHONE_WORDS = (
+    r"call(?:s|ed|ing)?|phone(?:s|d)?|telephone|tel|ph|mobile|mob|cell|contact(?:ed|ing)?|fax|hotline"
+    r"|telefon(?:nummer)?|rufnummer|handy|mobil(?:nummer)?|kontakt"
+    r"|t[ée]l[ée]phone|t[ée]l|appel(?:ez|er)?|portable|contactez"
+    r"|tel[ée]fono|llam(?:e|ar|ad)|m[óo]vil|contacto"
+)
+_PHONE_GAP = (
+    r"(?:[ \t]*(?:[:#.-]|n[°º]|(?:me|us|him|her|them|on|at|under|unter|au|al|no|nr|number|nummer"
+    r"|num[ée]ro|n[úu]mero)\b\.?))*[ \t]*"
+)
+PHONE_LOCAL = (
+    rf"(?i)(\b(?:{_PHONE_WORDS})\b\.?{_PHONE_GAP})"
+    r"((?:\([0-9]{2,5}\) ?)?[0-9]{2,8}(?:[ ./-][0-9]{2,8}){0,4})"
+    r"($|[^\w.,/-]|[.,/](?:$|[^\d]))"
+)
+
 # Cards: 13-19 digits in groups separated by single spaces or dashes, first digit 2-6
 # (Mastercard 2/5, Amex/Diners/JCB 3, Visa 4, Discover/Maestro/UnionPay 6): ISBN-13s
 # (978/979...) and timestamps (1...) never qualify. Luhn is checked in Python.
@@ -70,6 +96,7 @@ IBAN = r"(^|[^\w])([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)($
 
 _CARD_RE = re.compile(CARD)
 _IBAN_RE = re.compile(IBAN)
+_PHONE_LOCAL_RE = re.compile(PHONE_LOCAL)
 
 # Lengths of IBANs by country (ISO 13616 registry); unknown countries need 15-34.
 _IBAN_LENGTHS = {
@@ -90,7 +117,7 @@ class PiiParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: bool = Field(default=True, description="Redact e-mail addresses.")
-    phone: bool = Field(default=True, description="Redact phone numbers (international +CC, North American, UK).")
+    phone: bool = Field(default=True, description="Redact phone numbers (international +CC, North American, UK; local numbers after a phone word such as call, tel., Telefon).")
     ip: bool = Field(default=True, description="Redact IPv4 and IPv6 addresses.")
     credit_card: bool = Field(default=True, description="Redact payment card numbers (13-19 digits, Luhn-valid).")
     iban: bool = Field(default=True, description="Redact IBANs (mod-97 checksum and country length verified).")
@@ -146,6 +173,22 @@ def iban_ok(candidate: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
+_DATE_SHAPES = (
+    re.compile(r"(?:19|20)[0-9]{2}[./-](?:0?[1-9]|1[0-2])[./-](?:0?[1-9]|[12][0-9]|3[01])"),  # 2024-05-01
+    re.compile(r"(?:0?[1-9]|[12][0-9]|3[01])[./-](?:0?[1-9]|1[0-2])[./-](?:19|20)?[0-9]{2}"),  # 17.07.2019
+    re.compile(r"(?:0?[1-9]|1[0-2])[./-](?:0?[1-9]|[12][0-9]|3[01])[./-](?:19|20)?[0-9]{2}"),  # 07/17/2019
+    re.compile(r"(?:19|20)[0-9]{2}[ /-](?:19|20)[0-9]{2}"),  # a range of years: 1999-2005
+)
+
+
+def local_phone_ok(candidate: str) -> bool:
+    """A local number after a phone word: 6-15 digits, not a date or a range of years."""
+    digits = sum(c.isdigit() for c in candidate)
+    if not 6 <= digits <= 15:  # shorter: a count, a year, a version; longer: not a phone
+        return False
+    return not any(shape.fullmatch(candidate) for shape in _DATE_SHAPES)
+
+
 def _sub_checked(pattern: re.Pattern[str], check, placeholder: str, text: str) -> str:
     def repl(m: re.Match[str]) -> str:
         return m.group(1) + (placeholder if check(m.group(2)) else m.group(2)) + m.group(3)
@@ -162,6 +205,14 @@ def _replace_bounded(col: pl.Expr, pattern: str, placeholder: str, groups: int =
     for _ in range(2):  # the second pass catches matches whose boundary the first consumed
         col = col.str.replace_all(pattern, repl)
     return col
+
+
+# Types whose candidates a regex finds and Python confirms: (pattern, compiled, check).
+_CHECKED = {
+    "credit_card": (CARD, _CARD_RE, card_ok),
+    "iban": (IBAN, _IBAN_RE, iban_ok),
+    "phone_local": (PHONE_LOCAL, _PHONE_LOCAL_RE, local_phone_ok),
+}
 
 
 def redact_text(docs: pl.DataFrame, p: PiiParams) -> tuple[pl.Series, dict[str, pl.Series]]:
@@ -189,21 +240,24 @@ def redact_text(docs: pl.DataFrame, p: PiiParams) -> tuple[pl.Series, dict[str, 
         steps.append(
             ("phone", lambda c: _replace_bounded(_replace_bounded(c, PHONE_INTL, p.placeholder("phone"), groups=2), PHONE_NATIONAL, p.placeholder("phone")))
         )
+        steps.append(("phone_local", None))
     current = frame.get_column("t")
     for kind, fn in steps:
-        before = count(current, kind)
+        counted = "phone" if kind == "phone_local" else kind
+        before = count(current, counted)
         if fn is not None:
             current = pl.DataFrame({"t": current}).select(fn(col)).get_column("t")
         else:
-            pattern, check = (CARD, card_ok) if kind == "credit_card" else (IBAN, iban_ok)
-            compiled = _CARD_RE if kind == "credit_card" else _IBAN_RE
+            pattern, compiled, check = _CHECKED[kind]
+            placeholder = p.placeholder("phone" if kind == "phone_local" else kind)
             has = current.str.contains(pattern)
             if has.any():
                 values = current.to_list()
                 for i in has.arg_true().to_list():
-                    values[i] = _sub_checked(compiled, check, p.placeholder(kind), values[i])
+                    values[i] = _sub_checked(compiled, check, placeholder, values[i])
                 current = pl.Series("t", values, dtype=pl.String)
-        counts[kind] = (count(current, kind) - before).clip(lower_bound=0)
+        added = (count(current, counted) - before).clip(lower_bound=0)
+        counts[counted] = counts[counted] + added if counted in counts else added
     for kind in TYPES:
         counts.setdefault(kind, pl.Series([0] * docs.height, dtype=pl.Int64))
     return current, counts

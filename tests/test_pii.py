@@ -96,3 +96,68 @@ def test_sms_uk_numbers():
     # Digits glued to a dot (www.07781482378.com) are a domain name, not a number in prose.
     assert all(not re.search(r"(?<![\d.])0\d{10}(?!\d)", t) for t in out["text"])
     assert (out["pii_phone"] >= 1).sum() >= len(eleven) - 1
+
+
+# Local numbers (no area code) are phones only where the words before them say so.
+LOCAL_PHONES = [
+    ("contact 555-0199", "contact <PHONE>"),
+    ("call 0171 234567 after six", "call <PHONE> after six"),
+    ("Call me on 555 0199.", "Call me on <PHONE>."),
+    ("phone: 234-5678, fax: 234-5679", "phone: <PHONE>, fax: <PHONE>"),
+    ("Tel. 0171/234567", "Tel. <PHONE>"),
+    ("tel: (030) 123456", "tel: <PHONE>"),
+    ("Tel.: 030 1234567", "Tel.: <PHONE>"),
+    ("Telefon 089 123456", "Telefon <PHONE>"),
+    ("Telefonnummer: 0171-2345678", "Telefonnummer: <PHONE>"),
+    ("Fax-Nr. 0221 987654", "Fax-Nr. <PHONE>"),
+    ("téléphone : 01 23 45 67 89", "téléphone : <PHONE>"),
+    ("Tél. 01.23.45.67.89", "Tél. <PHONE>"),
+    ("appelez au 04 78 12 34 56", "appelez au <PHONE>"),
+    ("teléfono 91 123 45 67", "teléfono <PHONE>"),
+    ("Llame al 912 345 678", "Llame al <PHONE>"),
+    ("contact us at 555.0199 today", "contact us at <PHONE> today"),
+    ("Phone number 5550199", "Phone number <PHONE>"),
+]
+
+
+@pytest.mark.parametrize("text,expected", LOCAL_PHONES)
+def test_local_phone_after_a_phone_word_redacted(text, expected):
+    out = run([text])
+    assert out["text"][0] == expected
+    assert out["pii_phone"][0] == expected.count("<PHONE>") == out["pii_count"][0]
+
+
+# Dates, times, versions, prices, years, article numbers, counts: after a phone word or not.
+NOT_PHONES = [
+    "contact 2024-05-01 for details",
+    "call on 17.07.2019 at 10:30",
+    "Call us on 07/17/2019.",
+    "contact: 2019/07/17",
+    "Telefon 1999-2005 im Einsatz",
+    "phone 3.11.7 release",
+    "phone: $1,299.99",
+    "Telefon 49,90 €",
+    "call 3 times, 12 calls in 1999",
+    "contact 12345",
+    "phone model 123456-78",
+    "article no. 4711-0815 and article 123456",
+    "invoice 2024-0001234 paid",
+    "Hotel 555-0199 and Intel 1234567",
+    "fax machine sold 1,234,567 units",
+    "Version 10.0.19045 was contacted by 3 users",
+    "téléphone portable: 199 €",
+    "el teléfono cuesta 299,99 euros",
+    "order 555-0199 shipped",
+]
+
+
+def test_local_formats_without_phone_context_or_with_numbers_that_are_not_phones_untouched():
+    out = run(NOT_PHONES)
+    assert out["text"].to_list() == NOT_PHONES
+    assert out["pii_count"].to_list() == [0] * len(NOT_PHONES)
+
+
+def test_local_phone_counts_once_beside_other_phones():
+    out = run(["call +44 20 7946 0958, mobile 0171 234567, tel 555-0199"])
+    assert out["text"][0] == "call <PHONE>, mobile <PHONE>, tel <PHONE>"
+    assert out["pii_phone"][0] == 3
