@@ -17,7 +17,7 @@ from tasks.ingest import run_ingest
 from tasks.langid import LANGID_STAGE
 from tasks.license import LICENSE_STAGE, resolve_optouts
 from tasks.normalize import NORMALIZE_STAGE
-from tasks.pii import PII_STAGE
+from tasks.pii import PII_STAGE, resolve_pii
 from tasks.quality import QUALITY_STAGE
 from tasks.stage import run_shard_stage
 
@@ -55,7 +55,7 @@ def curate(config: CurateConfig | None = None) -> CuratedCorpus:
     normalized = run_shard_stage(workdir, NORMALIZE_STAGE, licensed, config.normalize, checks, energy)
     identified = run_shard_stage(workdir, LANGID_STAGE, normalized, config.langid, checks, energy)
     good = run_shard_stage(workdir, QUALITY_STAGE, identified, config.quality, checks, energy)
-    scrubbed = run_shard_stage(workdir, PII_STAGE, good, config.pii, checks, energy)
+    scrubbed = run_shard_stage(workdir, PII_STAGE, good, resolve_pii(config.pii, workdir), checks, energy)
     fair = run_shard_stage(workdir, BIAS_STAGE, scrubbed, config.bias, checks, energy)
     corpus = run_dedup(workdir, fair, config.dedup, checks, energy)
     # Report

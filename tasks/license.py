@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.dataset import atomic_write_text
 from tasks.minhash import normalize_expr
+from tasks.pii import with_scrubbed_identifiers
 from tasks.stage import ShardStage
 
 VERSION = "1"
@@ -491,7 +492,8 @@ def resolve_optouts(params: LicenseParams, workdir: str | Path) -> LicenseParams
     """Read the registry now, snapshot it under ``<workdir>/optout_snapshots/`` and return params
     carrying its hash (fingerprinted) and the snapshot path (not fingerprinted). Call this in
     the flow before planning the stage; every later refresh calls it again."""
-    registry = read_registry(params, workdir)
+    # Ids and URLs with PII are hashed by the pii stage: match those forms too (withdrawal from a corpus).
+    registry = with_scrubbed_identifiers(read_registry(params, workdir), workdir)
     canonical = "\n".join(f"{k}\t{v}" for k, v in sorted(zip(registry["kind"], registry["value"])))
     sha = hashlib.sha256(canonical.encode()).hexdigest()
     snap = Path(workdir) / "optout_snapshots" / f"{sha[:20]}.json"

@@ -24,7 +24,13 @@ it cannot be told from one, and the pii suite (data_quality/patterns.py) require
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
+import os
 import re
+import secrets
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -126,6 +132,17 @@ class PiiParams(BaseModel):
         ge=0,
         description="Drop a document with more than this many matches in total (reason pii_too_many); null never drops.",
     )
+    identifiers: list[str] = Field(
+        default_factory=lambda: ["id", "url", "uri"],
+        description="Identifier columns whose PII (an e-mail as an id, in a URL or a file name) becomes "
+        "<TYPE:keyed hash>: unique and stable within a workdir, unreadable without its key; [] keeps them.",
+    )
+    identifier_key_sha256: str | None = Field(
+        None, description="Set by resolve_pii: the SHA-256 of the workdir's identifier key (a new key reruns the stage)."
+    )
+    identifier_key_file: str | None = Field(
+        None, exclude=True, description="Set by resolve_pii: the key file (never fingerprinted, never the key itself)."
+    )
     placeholders: dict[str, str] = Field(
         default_factory=lambda: {
             "email": "<EMAIL>",
@@ -197,7 +214,7 @@ def _sub_checked(pattern: re.Pattern[str], check, placeholder: str, text: str) -
     return pattern.sub(repl, pattern.sub(repl, text))
 
 
-# --------------------------------------------------------------------------- the stage
+# --------------------------------------------------------------------------- text
 
 
 def _replace_bounded(col: pl.Expr, pattern: str, placeholder: str, groups: int = 3) -> pl.Expr:
@@ -263,15 +280,160 @@ def redact_text(docs: pl.DataFrame, p: PiiParams) -> tuple[pl.Series, dict[str, 
     return current, counts
 
 
+# --------------------------------------------------------------------------- identifiers
+# Ids, URLs and file names are joined on (dedup, the cross-version index, opt-outs), so their
+# PII cannot become a bare placeholder: two ids would collide. Each match becomes its type and
+# an HMAC of it under a per-workdir key: the same value gives the same id in every run and
+# corpus version of the workdir, and nobody without the key can test a guessed address.
+IDENTIFIER_KEY_FILE = Path("secrets") / "pii_identifiers.key"
+_TAGS = {"email": "EMAIL", "phone": "PHONE", "ip": "IP", "credit_card": "CARD", "iban": "IBAN"}
+# A URL carries an e-mail percent-encoded as often as not.
+EMAIL_URLENCODED = r"[A-Za-z0-9._%+-]+%40[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+
+
+def _always(_: str) -> bool:
+    return True
+
+
+# (type, pattern, check) in redaction order; a pattern with groups has the PII in group 2.
+_IDENTIFIER_PATTERNS: list[tuple[str, str, Any]] = [
+    ("email", EMAIL, _always),
+    ("email", EMAIL_URLENCODED, _always),
+    ("credit_card", CARD, card_ok),
+    ("iban", IBAN, iban_ok),
+    ("ip", IPV6, _always),
+    ("ip", IPV4, _always),
+    ("phone", PHONE_INTL, _always),
+    ("phone", PHONE_NATIONAL, _always),
+    ("phone", PHONE_LOCAL, local_phone_ok),
+]
+_IDENTIFIER_COMPILED = [(kind, re.compile(pattern), check) for kind, pattern, check in _IDENTIFIER_PATTERNS]
+
+
+def identifier_key(workdir: str | Path) -> bytes:
+    """The workdir's identifier key, created once (random, owner-only); concurrent first runs agree on one."""
+    path = Path(workdir) / IDENTIFIER_KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # fails if another run created it first: theirs wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return _read_key(str(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_key(path: str) -> bytes:
+    key = Path(path).read_text().strip()
+    if len(key) < 32:
+        raise ValueError(f"{path}: the identifier key is empty or truncated; restore it (or delete it to start a new one)")
+    return key.encode()
+
+
+def resolve_pii(params: PiiParams, workdir: str | Path) -> PiiParams:
+    """Params carrying the workdir's identifier key (its file and hash): call in the flow before the stage."""
+    if not params.identifiers:
+        return params
+    key = identifier_key(workdir)
+    return params.model_copy(
+        update={
+            "identifier_key_sha256": hashlib.sha256(key).hexdigest(),
+            "identifier_key_file": str(Path(workdir).resolve() / IDENTIFIER_KEY_FILE),
+        }
+    )
+
+
+def scrub_identifier(value: str, key: bytes) -> str:
+    """``value`` with every PII match replaced by ``<TYPE:hmac>`` (16 hex digits of HMAC-SHA256)."""
+
+    def tag(kind: str, found: str) -> str:
+        if kind == "email":  # one address, one tag: as an id, in a path or percent-encoded in a URL
+            found = found.replace("%40", "@").lower()
+        digest = hmac.new(key, f"{kind}:{found}".encode(), hashlib.sha256).hexdigest()[:16]
+        return f"<{_TAGS[kind]}:{digest}>"
+
+    for kind, pattern, check in _IDENTIFIER_COMPILED:
+        if not pattern.groups:
+            value = pattern.sub(lambda m: tag(kind, m.group(0)), value)
+            continue
+
+        def repl(m: re.Match[str]) -> str:
+            found = m.group(2)
+            tail = m.group(3) if pattern.groups >= 3 else ""
+            return m.group(1) + (tag(kind, found) if check(found) else found) + tail
+
+        value = pattern.sub(repl, pattern.sub(repl, value))  # twice: shared boundaries, as in the text
+    return value
+
+
+def _has_identifier_pii(column: pl.Series) -> pl.Series:
+    found = pl.Series([False] * column.len(), dtype=pl.Boolean)
+    for _, pattern, _ in _IDENTIFIER_PATTERNS:
+        found = found | column.str.contains(pattern).fill_null(False)
+    return found
+
+
+def scrub_identifiers(docs: pl.DataFrame, p: PiiParams) -> tuple[pl.DataFrame, pl.Series]:
+    """``docs`` with PII in its identifier columns hashed; and per document, how many values changed."""
+    changed = pl.Series([0] * docs.height, dtype=pl.Int64)
+    key: bytes | None = None
+    for name in (c for c in p.identifiers if c in docs.columns and docs.schema[c] == pl.String):
+        column = docs.get_column(name)
+        has = _has_identifier_pii(column)
+        if not has.any():
+            continue
+        if key is None:
+            if p.identifier_key_file is None:
+                raise ValueError(
+                    f"column {name!r} holds personal data but PiiParams has no identifier key: call "
+                    "tasks.pii.resolve_pii(params, workdir) before running the stage (or set identifiers: [])"
+                )
+            key = _read_key(p.identifier_key_file)
+        values = column.to_list()
+        rows = has.arg_true().to_list()
+        for i in rows:
+            values[i] = scrub_identifier(values[i], key)
+        new = pl.Series(name, values, dtype=pl.String)
+        changed = changed + (new != column).fill_null(False).cast(pl.Int64)
+        docs = docs.with_columns(new)
+    return docs, changed
+
+
+def with_scrubbed_identifiers(registry: pl.DataFrame, workdir: str | Path) -> pl.DataFrame:
+    """An opt-out registry plus, for each id or URL entry holding PII, the entry as the pii stage
+    writes it (same ``where``): so a consent withdrawn later still finds the document in the corpus."""
+    if not registry.height:
+        return registry
+    values = registry.get_column("value").cast(pl.String)
+    wanted = registry.filter(pl.col("kind").is_in(["id", "url"]) & _has_identifier_pii(values))
+    if not wanted.height:
+        return registry
+    key = identifier_key(workdir)
+    scrubbed = wanted.with_columns(pl.Series("value", [scrub_identifier(v, key) for v in wanted["value"]], dtype=pl.String))
+    return pl.concat([registry, scrubbed.select(registry.columns)])
+
+
+# --------------------------------------------------------------------------- the stage
+
+
 def apply_pii(docs: pl.DataFrame, params: Any) -> pl.DataFrame:
-    """Redact PII in ``text``; add ``pii_count`` and per-type counts; reason ``pii_too_many`` above drop_above."""
+    """Redact PII in ``text``, hash it in identifiers; add ``pii_count`` and per-type counts (and
+    ``pii_identifiers``, identifier values changed); reason ``pii_too_many`` above drop_above."""
     p = params if isinstance(params, PiiParams) else PiiParams.model_validate(params or {})
     redacted, counts = redact_text(docs, p)
+    docs, in_identifiers = scrub_identifiers(docs, p)
     was_null = docs.get_column("text").is_null()
     text = pl.select(pl.when(was_null).then(None).otherwise(redacted).alias("text")).get_column("text")
     total = sum(counts.values(), pl.Series([0] * docs.height, dtype=pl.Int64))
     out = docs.with_columns(
         text.alias("text"),
+        in_identifiers.alias("pii_identifiers"),
         total.alias("pii_count").cast(pl.Int64),
         *[counts[k].alias(COUNT_COLUMNS[k]) for k in TYPES],
     )
@@ -283,6 +445,17 @@ def apply_pii(docs: pl.DataFrame, params: Any) -> pl.DataFrame:
     return out.with_columns(reason.cast(pl.String).alias("reason"), detail.cast(pl.String).alias("detail"))
 
 
-PII_STAGE = ShardStage(name="pii", version="1", apply=apply_pii)
+PII_STAGE = ShardStage(name="pii", version="2", apply=apply_pii)
 
-__all__ = ["PiiParams", "PII_STAGE", "apply_pii", "redact_text", "luhn_ok", "iban_ok"]
+__all__ = [
+    "PiiParams",
+    "PII_STAGE",
+    "apply_pii",
+    "redact_text",
+    "resolve_pii",
+    "scrub_identifier",
+    "scrub_identifiers",
+    "with_scrubbed_identifiers",
+    "luhn_ok",
+    "iban_ok",
+]

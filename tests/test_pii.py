@@ -161,3 +161,73 @@ def test_local_phone_counts_once_beside_other_phones():
     out = run(["call +44 20 7946 0958, mobile 0171 234567, tel 555-0199"])
     assert out["text"][0] == "call <PHONE>, mobile <PHONE>, tel <PHONE>"
     assert out["pii_phone"][0] == 3
+
+
+# --- identifiers: PII in id, url and uri is hashed under the workdir's key -----------------
+
+from tasks.license import LicenseParams, resolve_optouts  # noqa: E402
+from tasks.pii import resolve_pii, scrub_identifier  # noqa: E402
+from tasks.withdraw import apply_withdraw, consent_params  # noqa: E402
+
+PLANTED = ["bob.smith@example.com", "alice@mail.example.org", "bob.smith%40example.com", "192.168.7.21", "+44 20 7946 0958"]
+
+
+def identified(workdir: Path, **params) -> pl.DataFrame:
+    df = pl.DataFrame(
+        {
+            "id": ["bob.smith@example.com", "alice@mail.example.org", "doc-3", "doc-4"],
+            "text": ["one", "two", "three", "four"],
+            "source": "crawl",
+            "uri": ["mail/bob.smith@example.com/inbox.txt:1", "crawl.jsonl:2", "http://192.168.7.21/x", "crawl.jsonl:4"],
+            "license": None,
+            "url": [None, "https://x.org/u?to=bob.smith%40example.com", "https://x.org/a", "https://x.org/call/+44 20 7946 0958"],
+        },
+        schema_overrides={"license": pl.String, "url": pl.String},
+    )
+    return apply_pii(df, resolve_pii(PiiParams.model_validate(params), workdir))
+
+
+def test_pii_in_identifiers_is_hashed_unique_and_stable(tmp_path):
+    out = identified(tmp_path / "w")
+    flat = " ".join(str(v) for row in out.select("id", "uri", "url").iter_rows() for v in row)
+    assert not any(p in flat for p in PLANTED), flat
+    assert out["id"][2:].to_list() == ["doc-3", "doc-4"] and out["uri"][1] == "crawl.jsonl:2"
+    assert re.fullmatch(r"<EMAIL:[0-9a-f]{16}>", out["id"][0]) and out["id"].is_unique().all()
+    assert out["uri"][0] == f"mail/{out['id'][0]}/inbox.txt:1"
+    assert out["uri"][2].startswith("http://<IP:") and "<PHONE:" in out["url"][3]
+    # one address, one tag: as an id and percent-encoded in a URL
+    assert out["url"][1] == f"https://x.org/u?to={out['id'][0]}"
+    assert out["pii_identifiers"].to_list() == [2, 2, 1, 1]
+    assert out["text"].to_list() == ["one", "two", "three", "four"] and out["pii_count"].sum() == 0
+    # stable within a workdir (same key), different in another one
+    assert identified(tmp_path / "w").equals(out)
+    assert identified(tmp_path / "other")["id"][0] != out["id"][0]
+    key = (tmp_path / "w" / "secrets" / "pii_identifiers.key").read_text()
+    assert key not in out.write_csv() and (tmp_path / "w" / "secrets" / "pii_identifiers.key").stat().st_mode & 0o077 == 0
+    assert identified(tmp_path / "w", identifiers=[])["id"][0] == "bob.smith@example.com"
+
+
+def test_identifier_key_is_in_the_fingerprint_not_the_params_dump(tmp_path):
+    params = resolve_pii(PiiParams(), tmp_path)
+    dumped = params.model_dump(mode="json")
+    assert dumped["identifier_key_sha256"] and "identifier_key_file" not in dumped
+    assert (tmp_path / "secrets" / "pii_identifiers.key").read_text() not in json.dumps(dumped)
+    assert resolve_pii(PiiParams(), tmp_path) == params
+
+
+def test_unresolved_key_is_a_clear_error_only_when_an_identifier_holds_pii():
+    assert run(["x"])["id"].to_list() == ["0"]  # no key needed for clean ids
+    df = pl.DataFrame({"id": ["bob@example.com"], "text": ["t"], "source": "s", "uri": "u", "license": None},
+                      schema_overrides={"license": pl.String})
+    with pytest.raises(ValueError, match=r"column 'id' holds personal data .*resolve_pii"):
+        apply_pii(df, PiiParams())
+
+
+def test_consent_withdrawn_by_raw_id_or_url_still_finds_the_hashed_document(tmp_path):
+    (tmp_path / "optout").mkdir()
+    (tmp_path / "optout" / "a.txt").write_text("id: bob.smith@example.com\nurl: https://x.org/u?to=bob.smith%40example.com\n")
+    corpus = identified(tmp_path).drop("reason", "detail")
+    out = apply_withdraw(corpus, consent_params(resolve_optouts(LicenseParams(), tmp_path)))
+    assert out["reason"].to_list() == ["consent_withdrawn", "consent_withdrawn", None, None]
+    assert out["detail"][0].endswith("@ optout/a.txt:1") and out["detail"][1].endswith("@ optout/a.txt:2")
+    assert not any("bob.smith" in d for d in out["detail"][:2])
