@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from data_quality.patterns import mask_identifier
+
 _LOCK = threading.RLock()
 _LOCAL = threading.local()
 
@@ -124,7 +126,43 @@ def run_suite(suite: Any, frame: pd.DataFrame, run_name: str, result_format: dic
         result_format=result_format,
     )
     result = validator.validate_expectation_suite(suite)
+    for r in result.results:
+        r.result = without_document_text(r.result or {}, r.expectation_config.kwargs.get("column"))
     return Run(result=result, suite=suite, batch_id=validator.active_batch_id, run_name=run_name)
+
+
+# Columns holding a document's text: their values never leave the validation (the result
+# reaches the error message, the Prefect database and the Data Docs HTML). Identifier
+# columns may carry PII before the pii stage: their values are shown masked.
+DOCUMENT_TEXT_COLUMNS = frozenset({"text"})
+IDENTIFIER_COLUMNS = frozenset({"id", "uri", "url", "source", "dup_of", "dup_cluster"})
+_VALUE_LISTS = ("partial_unexpected_list", "unexpected_list")
+_COUNT_LISTS = ("partial_unexpected_counts", "unexpected_counts")
+_INDEX_LISTS = ("partial_unexpected_index_list", "unexpected_index_list")
+
+
+def _shown(column: Any, value: Any) -> Any:
+    return mask_identifier(value) if column in IDENTIFIER_COLUMNS else value
+
+
+def without_document_text(result: dict[str, Any], column: Any) -> dict[str, Any]:
+    """A GX expectation result without any text column's values and with identifiers masked."""
+    out = dict(result)
+    text = column in DOCUMENT_TEXT_COLUMNS
+    for key in _VALUE_LISTS:
+        if key in out:
+            out[key] = [] if text else [_shown(column, v) for v in out[key] or []]
+    for key in _COUNT_LISTS:
+        if key in out:
+            out[key] = [] if text else [{**c, "value": _shown(column, c.get("value"))} for c in out[key] or []]
+    for key in _INDEX_LISTS:
+        if key in out:
+            out[key] = [
+                {k: _shown(k, v) for k, v in row.items() if k not in DOCUMENT_TEXT_COLUMNS}
+                if isinstance(row, dict) else row
+                for row in out[key] or []
+            ]
+    return out
 
 
 def site_for(docs_dir: str | Path) -> str:

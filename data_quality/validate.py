@@ -1,27 +1,25 @@
-"""validate_shard / validate_stage: run the suites, then fail or warn with a readable summary."""
+"""validate_shard / validate_stage: run the suites, then fail or warn with a readable summary.
+
+The summary, like the Data Docs, never quotes document text (it reaches logs and the Prefect
+database): a failed check on ``text`` names the ids of the documents, and identifiers are
+shown with e-mails, phones and IP addresses masked (context.without_document_text).
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import polars as pl
 
-from data_quality import patterns
+from data_quality.patterns import mask_identifier
 from data_quality.settings import DataQualityError, ValidationSettings
 from data_quality.suites import accounting_suite, rejected_suite, shard_suite, signal_columns, unique_suite
 
 _log = logging.getLogger("lmwright.data_quality")
 _HASH_SEED = 0x6C6D77  # fixed: hashes are compared only within one process, but keep them reproducible
-_REGEX_BY_EXPECTATION = {
-    "expect_column_values_to_not_contain_email_address": patterns.EMAIL,
-    "expect_column_values_to_not_contain_ipv4_address": patterns.IPV4,
-    "expect_column_values_to_not_contain_phone_number": patterns.PHONE,
-    "expect_column_values_to_not_contain_control_characters": patterns.CONTROL,
-}
 
 
 def validate_shard(
@@ -160,12 +158,12 @@ def _resolve_duplicates(out_dir: Path, shards: Sequence[Any], frame: pl.DataFram
             continue
         if col == "id":
             groups = rows.group_by("id", maintain_order=True).agg(pl.col("_shard"))
-            examples = [f"{v!r} in {', '.join(where)}" for v, where in groups.head(3).iter_rows()]
-        else:
+            examples = [f"{mask_identifier(v)!r} in {', '.join(where)}" for v, where in groups.head(3).iter_rows()]
+        else:  # the text itself is never quoted: its ids and shards find it
             groups = rows.group_by(col, maintain_order=True).agg(pl.col("_shard"), pl.col("id"))
             examples = [
-                f"{_short(v)} in {', '.join(where)} (ids {', '.join(map(repr, ids))})"
-                for v, where, ids in groups.head(3).iter_rows()
+                f"one text in {', '.join(where)} (ids {', '.join(repr(mask_identifier(i)) for i in ids)})"
+                for _, where, ids in groups.head(3).iter_rows()
             ]
         notes.append(f"{groups.height:,} duplicated {col} value(s) across shards, e.g. " + "; ".join(examples))
     return notes
@@ -235,16 +233,20 @@ def _describe(r: Any, max_examples: int) -> str:
     res = r.result or {}
     if "unexpected_count" in res and res.get("unexpected_count"):
         text = f"{head}: {res['unexpected_count']:,} of {res.get('element_count', 0):,} rows unexpected"
-        regex = _REGEX_BY_EXPECTATION.get(cfg.type)
         index = res.get("partial_unexpected_index_list") or res.get("unexpected_index_list") or []
+        # A text column's values were removed in context.run_suite: its examples are ids alone.
         values = res.get("partial_unexpected_list") or res.get("unexpected_list") or []
         examples: list[str] = []
-        for i, value in enumerate(values):
-            ex = _short(value, regex)
-            if i < len(index) and isinstance(index[i], dict) and target != "id":
-                ident = index[i].get("id", index[i].get("shard"))
-                if ident is not None:
-                    ex += f" (id {ident!r})" if "id" in index[i] else f" (shard {ident!r})"
+        for i in range(max(len(values), len(index))):
+            where = index[i] if i < len(index) and isinstance(index[i], dict) else {}
+            ident = where.get("id", where.get("shard")) if target != "id" else None
+            label = "" if ident is None else f"{'id' if 'id' in where else 'shard'} {ident!r}"
+            if i < len(values):
+                ex = _short(values[i]) + (f" ({label})" if label else "")
+            elif label:
+                ex = label
+            else:
+                continue
             if ex not in examples:
                 examples.append(ex)
             if len(examples) == max_examples:
@@ -267,15 +269,10 @@ def _raised(r: Any) -> dict[str, Any]:
     return info if info.get("raised_exception") else {}
 
 
-def _short(value: Any, regex: str | None = None, width: int = 60) -> str:
-    """A value for the message: dict rows as is, long texts cut to the part that matters."""
+def _short(value: Any, width: int = 60) -> str:
+    """A value for the message (never document text: context.run_suite removed it): long ones cut."""
     if not isinstance(value, str):
         return repr(value)
-    if regex:
-        m = re.search(regex, value)
-        if m:
-            a, b = max(0, m.start() - 20), min(len(value), m.end() + 20)
-            return ("…" if a else "") + repr(value[a:b]) + ("…" if b < len(value) else "")
     return repr(value[:width]) + ("…" if len(value) > width else "")
 
 

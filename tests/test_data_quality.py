@@ -61,7 +61,7 @@ def test_pii_email_left_fails_naming_expectation_column_and_match():
     msg = fail("pii", kept)
     assert "stage 'pii'" in msg and "shard 'part-00007'" in msg
     assert "expect_column_values_to_not_contain_email_address (column 'text')" in msg
-    assert "bob.smith@example.com" in msg and "(id 'd0')" in msg
+    assert "bob.smith@example.com" not in msg and "write to" not in msg and "e.g. id 'd0'" in msg
     assert "1 of 3 rows" in msg
     assert "phone" not in msg and "ipv4" not in msg  # placeholders are not flagged
 
@@ -108,7 +108,7 @@ def test_langid_any_language_allowed_when_languages_none():
 def test_control_character_after_normalize_fails(bad):
     msg = fail("normalize", docs(text=["fine\n\ttabs and newlines", bad, "ok"]))
     assert "expect_column_values_to_not_contain_control_characters (column 'text')" in msg
-    assert "(id 'd1')" in msg
+    assert "e.g. id 'd1'" in msg and "line two" not in msg
 
 
 def test_control_characters_are_only_checked_after_normalize():
@@ -160,6 +160,32 @@ def test_failure_writes_data_docs_and_links_index(tmp_path):
     assert len(list((tmp_path / "data_docs" / "validations").rglob("*.html"))) == 2  # earlier pages are kept
 
 
+SECRET = "Dear Carol, my diagnosis is confidential; write to carol.jones@example.net"
+
+
+def test_no_document_text_in_failure_message_or_data_docs(tmp_path):
+    """Text of failing documents stays out of the message (it reaches the Prefect database) and the HTML."""
+    docs_dir = tmp_path / "data_docs"
+    kept = docs(
+        id=["carol.jones@example.net", "carol.jones@example.net", "d2"],
+        text=[SECRET, SECRET + " \r", None],
+        uri=["mail/carol.jones@example.net/1.txt", None, "u"],
+    )
+    msgs = [
+        fail("pii", kept, docs_dir=str(docs_dir)),
+        fail("normalize", kept, docs_dir=str(docs_dir)),
+        fail("quality", docs(text=[SECRET, "x", "y"], gopher_word_count=[-1.0, 1.0, 1.0]), docs_dir=str(docs_dir)),
+    ]
+    assert "expect_column_values_to_not_contain_email_address (column 'text')" in msgs[0]
+    assert "expect_column_values_to_not_contain_control_characters (column 'text')" in msgs[1]
+    assert "expect_column_values_to_be_unique (column 'id')" in msgs[0] and "'<EMAIL>'" in msgs[0]
+    pages = [p.read_text() for p in docs_dir.rglob("*.html")]
+    assert len(pages) >= 4  # the index and a page per failed run
+    for shown in msgs + pages:
+        for planted in ("Dear Carol", "diagnosis", "carol.jones", "example.net"):
+            assert planted not in shown
+
+
 def test_sample_rows_validates_a_fixed_sample():
     kept = docs(200, uri=[None] * 200)
     assert "200 of 200 rows unexpected" in fail("ingest", kept)
@@ -176,7 +202,7 @@ def test_concurrent_shards_do_not_see_each_others_frames():
         try:
             validate_shard("pii", kept, NO_REJECTS, None, ValidationSettings(), shard=f"part-{i}")
         except DataQualityError as e:
-            return bad, str(e) if f"u{i}@example.org" in str(e) and f"'part-{i}'" in str(e) else "wrong message"
+            return bad, str(e) if f"id 's{i}-7'" in str(e) and f"'part-{i}'" in str(e) else "wrong message"
         return bad, ""
 
     with ThreadPoolExecutor(6) as pool:
@@ -240,7 +266,7 @@ def test_dedup_duplicate_text_across_shards_fails_only_after_dedup(tmp_path):
         validate_stage("dedup", tmp_path, shards, None, ValidationSettings())
     msg = str(exc.value)
     assert "expect_column_values_to_be_unique (column 'text_hash')" in msg
-    assert "ids 'd0', 'y'" in msg and "part-00000, part-00001" in msg
+    assert "ids 'd0', 'y'" in msg and "part-00000, part-00001" in msg and same not in msg
 
 
 def test_validate_stage_warn_does_not_raise(tmp_path, caplog):
