@@ -61,12 +61,41 @@ def funnel(stages: list[DatasetRef]) -> list[dict[str, Any]]:
                 "kept": s["kept"],
                 "rejected": s["rejected"],
                 "rejected_by_reason": s["rejected_by_reason"],
+                "counts": s.get("counts", {}),
                 "seconds": s["seconds"],
                 "mb_in": round(s["bytes_in"] / 1e6, 3),
                 "energy": s.get("energy"),
             }
         )
     return rows
+
+
+def skipped_files_summary(stages: list[DatasetRef]) -> dict[str, Any]:
+    """Files of the sources that yielded no records (unsupported, unreadable, broken links), from ingest's stats."""
+    ingest = next((s.stats() for s in stages if s.stage == "ingest"), {})
+    skipped = ingest.get("skipped_files", [])
+    by_reason: dict[str, int] = {}
+    for entry in skipped:
+        by_reason[entry["reason"]] = by_reason.get(entry["reason"], 0) + 1
+    return {"files_read": ingest.get("files", 0), "skipped": len(skipped), "by_reason": by_reason, "examples": skipped[:10]}
+
+
+def render_skipped_markdown(summary: dict[str, Any]) -> list[str]:
+    lines = ["", "## Files", "", f"{summary['files_read']:,} files read, {summary['skipped']:,} skipped."]
+    if summary["skipped"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_reason"].items(), key=lambda kv: -kv[1]))
+        lines += [f"Skipped by reason: {reasons}.", "", "| skipped file | reason | detail |", "|---|---|---|"]
+        lines += [f"| `{e['file']}` | {e['reason']} | {e['detail']} |" for e in summary["examples"]]
+    return lines
+
+
+def render_counts_markdown(funnel_rows: list[dict[str, Any]]) -> list[str]:
+    """What stages changed in the documents they kept (e.g. invisible characters stripped)."""
+    rows = [(r["stage"], k, v) for r in funnel_rows for k, v in (r.get("counts") or {}).items()]
+    if not rows:
+        return []
+    lines = ["", "## Changed in place", "", "| stage | what | count |", "|---|---|---:|"]
+    return lines + [f"| {stage} | {what} | {n:,} |" for stage, what, n in rows]
 
 
 def corpus_profile(corpus: DatasetRef) -> dict[str, Any]:
@@ -124,6 +153,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         top = sorted(row["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:4]
         reasons = ", ".join(f"{k} {v}" for k, v in top)
         lines.append(f"| {row['stage']} | {row['in']:,} | {row['kept']:,} | {row['rejected']:,} | {reasons} | {row['seconds']} |")
+    lines += render_counts_markdown(card["funnel"])
+    if "files" in card:
+        lines += render_skipped_markdown(card["files"])
     for title, key in (("Languages", "languages"), ("Sources", "sources"), ("Licenses", "licenses")):
         if p.get(key):
             lines += ["", f"## {title}", "", "| value | documents |", "|---|---:|"]
@@ -158,6 +190,7 @@ def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], in
             "corpus": corpus.path,
             "fingerprint": corpus.fingerprint,
             "funnel": funnel(stages),
+            "files": skipped_files_summary(stages),
             "profile": corpus_profile(corpus),
             "diversity": diversity(corpus.scan()),
             "license_policy": policy_summary(inputs.license, license_stage.stats() if license_stage else None, unknown),

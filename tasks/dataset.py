@@ -156,6 +156,7 @@ class ShardStats:
     reasons: dict[str, int] = field(default_factory=dict)
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     energy: dict[str, Any] | None = None  # duration, kWh, CO2 of this shard's work (tasks/energy.py)
+    counts: dict[str, int] = field(default_factory=dict)  # what a stage changed in kept text (ShardStage.count)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,6 +170,7 @@ class ShardStats:
             "reasons": dict(sorted(self.reasons.items())),
             "skipped_files": self.skipped_files,
             "energy": self.energy,
+            "counts": dict(sorted(self.counts.items())),
         }
 
     @classmethod
@@ -184,6 +186,7 @@ class ShardStats:
             reasons=dict(d["reasons"]),
             skipped_files=list(d.get("skipped_files", [])),
             energy=d.get("energy"),
+            counts=dict(d.get("counts", {})),
         )
 
 
@@ -215,6 +218,7 @@ def write_shard(
     seconds: float,
     skipped_files: list[dict[str, str]] | None = None,
     energy: dict[str, Any] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> ShardStats:
     """Write one shard's kept and rejected documents, then its stats file (the shard's completion marker)."""
     stats = ShardStats(
@@ -228,6 +232,7 @@ def write_shard(
         reasons=dict(Counter(rejected["reason"].to_list())) if rejected.height else {},
         skipped_files=skipped_files or [],
         energy=energy,
+        counts=counts or {},
     )
     if stats.docs_in != stats.kept + stats.rejected:
         raise AssertionError(
@@ -267,8 +272,10 @@ def finalize_dataset(
 ) -> dict[str, Any]:
     """Aggregate shard stats into stats.json; returns it. The manifest is written separately, last."""
     reasons: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
     for s in shards:
         reasons.update(s.reasons)
+        counts.update(s.counts)
     stats = {
         "stage": stage,
         "fingerprint": fp,
@@ -276,6 +283,7 @@ def finalize_dataset(
         "kept": sum(s.kept for s in shards),
         "rejected": sum(s.rejected for s in shards),
         "rejected_by_reason": dict(sorted(reasons.items())),
+        "counts": dict(sorted(counts.items())),
         "bytes_in": sum(s.bytes_in for s in shards),
         "bytes_kept": sum(s.bytes_kept for s in shards),
         "seconds": round(sum(s.seconds for s in shards), 4),

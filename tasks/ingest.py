@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -196,5 +197,11 @@ def run_ingest(
     )
     shards = [s for f in futures for s in f.result()]
     return finalize_stage(
-        work, VERSION, params, [], shards, validation, extra_stats={"files": len(files), "skipped_files": skipped}
+        work, VERSION, params, [], shards, validation, extra_stats=skipped_stats(files, skipped)
     )
+
+
+def skipped_stats(files: list[SourceFile], skipped: list[dict[str, str]]) -> dict[str, object]:
+    """Ingest's file-level accounting: files read, files skipped (each with its reason), counts by reason."""
+    by_reason = Counter(s["reason"] for s in skipped)
+    return {"files": len(files), "skipped_files": skipped, "skipped_by_reason": dict(sorted(by_reason.items()))}

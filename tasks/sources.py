@@ -10,17 +10,19 @@ from __future__ import annotations
 import ast
 import functools
 import csv
-import gzip
+import errno
 import hashlib
 import io
 import json
+import os
+import stat
 import sys
 import sysconfig
 import zlib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Iterator, Literal
+from typing import IO, Callable, Iterator, Literal, Protocol
 
 import fsspec
 import pyarrow.parquet as pq
@@ -118,18 +120,21 @@ def list_source_files(spec: SourceSpec) -> tuple[list[SourceFile], list[dict[str
     fs, root = fsspec.core.url_to_fs(spec.path)
     if not fs.exists(root):
         raise FileNotFoundError(f"source {spec.path!r} does not exist")
-    if fs.isdir(root):
-        paths = sorted(p for p in fs.find(root) if not Path(p).name.startswith("."))
-    else:
-        paths = [root]
-    files: list[SourceFile] = []
     skipped: list[dict[str, str]] = []
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if fs.isdir(root):
+        listed = _walk_files(fs, root, skipped)
+        paths = sorted(p for p in listed if not Path(p).name.startswith("."))
+    else:
+        listed, paths = {}, [root]
+    files: list[SourceFile] = []
     for p in paths:
         fmt = spec.format if spec.format != "auto" else _suffix_format(p)
-        url = p if protocol in ("file", "local") else f"{protocol}://{p}"
+        url = p if _is_local(fs) else fs.unstrip_protocol(p)
+        if listed.get(p, {}).get("islink") and (problem := _link_problem(p)) is not None:
+            skipped.append(skipped_file(url, *problem))
+            continue
         if fmt is None:
-            skipped.append({"file": url, "reason": "ingest_unsupported_format", "detail": "unknown file suffix"})
+            skipped.append(skipped_file(url, "ingest_unsupported_format", "unknown file suffix"))
             continue
         relpath = Path(p).name if p == root else str(Path(p).relative_to(root))
         if spec.files is not None and relpath not in spec.files:
@@ -140,6 +145,63 @@ def list_source_files(spec: SourceSpec) -> tuple[list[SourceFile], list[dict[str
     return files, skipped
 
 
+def skipped_file(file: str, reason: str, detail: str) -> dict[str, str]:
+    """A file (or directory) of a source that yields no records, with why: counted in stats, shown in the card."""
+    return {"file": file, "reason": reason, "detail": detail}
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
+def _walk_files(fs: fsspec.AbstractFileSystem, root: str, skipped: list[dict[str, str]]) -> dict[str, dict]:
+    """Every non-directory entry under ``root`` with its listing info; a directory that cannot be
+    listed becomes a skipped entry (``fs.find`` omits it silently, and fsspec's ``walk`` does not
+    pass ``on_error`` down to subdirectories)."""
+    found: dict[str, dict] = {}
+    pending, seen = [root], {root}
+    while pending:
+        directory = pending.pop()
+        try:
+            listing = fs.ls(directory, detail=True)
+        except OSError as e:
+            where = directory if _is_local(fs) else fs.unstrip_protocol(directory)
+            skipped.append(skipped_file(where, _os_error_reason(e), _os_error_detail(e)))
+            continue
+        for info in listing:
+            name = info["name"].rstrip("/")
+            if info["type"] != "directory":
+                found[name] = info
+            elif name not in seen:
+                seen.add(name)
+                pending.append(name)
+    return found
+
+
+def _link_problem(path: str) -> tuple[str, str] | None:
+    """(reason, detail) when a local symlink is not read: a loop, a missing target, a directory."""
+    try:
+        target = os.stat(path)
+    except OSError as e:
+        return _os_error_reason(e), _os_error_detail(e)
+    if stat.S_ISDIR(target.st_mode):  # not followed: a link to a parent directory would loop
+        return "ingest_symlinked_dir", f"symlink to the directory {os.readlink(path)!r}, not followed"
+    return None
+
+
+def _os_error_reason(e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "ingest_symlink_loop"
+    if e.errno == errno.ENOENT:
+        return "ingest_broken_symlink"  # listed, then not there: a dangling link (or deleted meanwhile)
+    return "ingest_unreadable"
+
+
+def _os_error_detail(e: OSError) -> str:
+    return f"{type(e).__name__}: {e.strerror or e}"
+
+
 def _as_float(value: object) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
@@ -148,16 +210,97 @@ def _as_float(value: object) -> float:
 
 
 def open_binary(path: str) -> IO[bytes]:
-    """Open a file (local or fsspec) decompressing by suffix; errors surface while reading."""
+    """Open a file (local or fsspec) decompressing by suffix; errors surface while reading.
+
+    A compressed file that ends early gives every byte before the cut, then EOF; its
+    ``truncation_problem`` says so (gzip's own reader raises and loses its buffered lines,
+    zstandard's readers end silently).
+    """
     raw = fsspec.open(path, "rb").open()
     lower = path.lower()
     if lower.endswith((".gz", ".gzip")):
-        return gzip.GzipFile(fileobj=raw)
+        return Decompressed(raw, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))
     if lower.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[return-value]
+        return Decompressed(raw, lambda: zstandard.ZstdDecompressor().decompressobj())
     return raw
+
+
+class _Decoder(Protocol):
+    eof: bool
+    unused_data: bytes
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+class _DecompressedRaw(io.RawIOBase):
+    """Decompresses frame after frame (concatenated gzip members, zstd frames); an input that
+    ends inside a frame, or corrupt data, ends the stream and records ``problem``."""
+
+    # Small input reads bound the output held at once (~4 MB for gzip's worst ratio).
+    INPUT_CHUNK = 4096
+
+    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder]):
+        self._raw, self._new_decoder = raw, new_decoder
+        self._decoder = new_decoder()
+        self._inside_frame = False
+        self._out, self._pos, self._ended = b"", 0, False
+        self.problem: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        while self._pos >= len(self._out) and not self._ended:
+            self._out, self._pos = self._decode(self._raw.read(self.INPUT_CHUNK)), 0
+        n = min(len(b), len(self._out) - self._pos)
+        b[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def _decode(self, data: bytes) -> bytes:
+        if not data:
+            self._ended = True
+            if self._inside_frame:
+                self.problem = "the compressed stream ends before its end marker (truncated)"
+            return b""
+        out = []
+        while data:
+            try:
+                out.append(self._decoder.decompress(data))
+            except Exception as e:  # zlib.error, zstandard.ZstdError: corrupt input
+                self._ended = True
+                self.problem = f"corrupt compressed data: {type(e).__name__}: {e}"
+                break
+            self._inside_frame = not self._decoder.eof
+            if self._inside_frame:
+                break
+            data = self._decoder.unused_data
+            if not data.strip(b"\x00"):  # trailing zero padding after the last gzip member
+                break
+            self._decoder = self._new_decoder()
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class Decompressed(io.BufferedReader):
+    """A buffered, decompressing stream; ``truncation_problem`` is set once a cut input is read to its end."""
+
+    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder]):
+        super().__init__(_DecompressedRaw(raw, new_decoder), buffer_size=1 << 16)
+
+    @property
+    def truncation_problem(self) -> str | None:
+        return self.raw.problem  # type: ignore[attr-defined]
+
+
+def truncation_problem(f: IO[bytes]) -> str | None:
+    """Why a stream from ``open_binary`` ended early (truncated or corrupt), once read to its end; else None."""
+    return getattr(f, "truncation_problem", None)
 
 
 READ_ERRORS = (EOFError, OSError, zlib.error, ValueError)
@@ -197,6 +340,9 @@ def read_text(file: SourceFile, max_doc_bytes: int, split: Literal["file", "para
     try:
         with open_binary(file.path) as f:
             head = f.read(BINARY_SNIFF_BYTES)
+            if not head and (problem := truncation_problem(f)):
+                yield Rejected("ingest_truncated", "L1", f"{problem}: nothing could be read")
+                return
             if not head:
                 yield Rejected("ingest_empty_file", "L1", "file is empty")
                 return
@@ -217,6 +363,9 @@ def _text_whole(f: IO[bytes], head: bytes, max_doc_bytes: int) -> Iterator[Recor
         size = len(data) + _drain(f)
         yield Rejected("ingest_doc_too_large", "L1", f"document of {size} bytes > max_doc_bytes={max_doc_bytes}")
         return
+    if problem := truncation_problem(f):
+        yield Rejected("ingest_truncated", "L1", f"{problem}: the document is incomplete", data.decode("utf-8", "replace"))
+        return
     text, problem = _decode(data)
     if text is None:
         yield Rejected("ingest_invalid_utf8", "L1", problem, data.decode("utf-8", "replace"))
@@ -232,19 +381,24 @@ def _drain(f: IO[bytes]) -> int:
 
 
 def _text_paragraphs(f: IO[bytes], head: bytes, max_doc_bytes: int) -> Iterator[Record | Rejected]:
-    """Split at blank lines, streaming; a paragraph keeps the line number it starts on."""
+    """Split at blank lines, streaming; a paragraph keeps the line number it starts on.
+
+    Lines are read with a bound, so one huge line (a minified file, a 200 MB dump) is
+    measured and rejected, never held in memory whole.
+    """
     stream = io.BufferedReader(_Prepend(head, f))  # type: ignore[arg-type]
     para: list[bytes] = []
     size = 0
     start = 1
     too_large = False
     line_no = 0
-    for line_no, line in enumerate(stream, start=1):
-        if line.strip():
+    for line_no, (line, line_size) in enumerate(_bounded_lines(stream, max_doc_bytes), start=1):
+        over_limit = line_size > 0 and not line  # longer than max_doc_bytes: only its size was kept
+        if over_limit or line.strip():
             if not para and not too_large:
                 start = line_no
-            size += len(line)
-            if size > max_doc_bytes:
+            size += line_size
+            if over_limit or size > max_doc_bytes:
                 too_large, para = True, []
             elif not too_large:
                 para.append(line)
@@ -252,7 +406,10 @@ def _text_paragraphs(f: IO[bytes], head: bytes, max_doc_bytes: int) -> Iterator[
         if para or too_large:
             yield _paragraph(para, start, size, too_large, max_doc_bytes)
         para, size, too_large = [], 0, False
-    if para or too_large:
+    if (para or too_large) and (problem := truncation_problem(f)):
+        partial = b"".join(para).decode("utf-8", "replace")
+        yield Rejected("ingest_truncated", f"L{start}", f"{problem}: the paragraph starting at line {start} is incomplete", partial)
+    elif para or too_large:
         yield _paragraph(para, start, size, too_large, max_doc_bytes)
     if line_no == 0:
         yield Rejected("ingest_empty_file", "L1", "file is empty")
@@ -318,14 +475,29 @@ def read_jsonl(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Reject
                 if size and not line:
                     yield Rejected("ingest_doc_too_large", pos, f"line of {size} bytes > limit {max_doc_bytes * 2}")
                     continue
+                if not line.endswith(b"\n") and (problem := truncation_problem(f)):
+                    # The cut fell inside this line: every line before it was whole and is kept.
+                    yield _truncated(line_no, problem, line)
+                    return
                 if not line.strip():
                     continue
                 yield _json_record(line, pos, text_field, id_field, max_doc_bytes)
+            if problem := truncation_problem(f):
+                yield _truncated(line_no + 1, problem, b"")
+                return
     except READ_ERRORS as e:
         yield Rejected("ingest_truncated", f"L{line_no + 1}", f"stopped reading after line {line_no}: {type(e).__name__}: {e}")
         return
     if line_no == 0:
         yield Rejected("ingest_empty_file", "L1", "file is empty")
+
+
+def _truncated(line_no: int, problem: str, partial: bytes) -> Rejected:
+    """The incomplete tail of a cut file, with the line it starts on."""
+    detail = f"{problem}: stopped after line {line_no - 1}"
+    if partial:
+        detail += f"; line {line_no} is incomplete ({len(partial)} bytes)"
+    return Rejected("ingest_truncated", f"L{line_no}", detail, partial.decode("utf-8", "replace"))
 
 
 def _json_record(line: bytes, pos: str, text_field: str, id_field: str | None, max_doc_bytes: int) -> Record | Rejected:
@@ -390,22 +562,133 @@ def read_parquet(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Reje
 
 
 def read_csv(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Rejected]:
+    """Rows as documents. A malformed row (a stray or unterminated quote, a wrong number of
+    fields) is rejected with its line, and the lines it swallowed are read again as rows."""
     text_field, id_field = file.source.text_field, file.source.id_field
     csv.field_size_limit(max(max_doc_bytes, 1 << 20))
     delimiter = "\t" if file.path.lower().endswith(".tsv") else ","
-    row = 0
+    lines: _CsvLines | None = None
     try:
-        with open_binary(file.path) as raw:
-            reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""), delimiter=delimiter)
-            if reader.fieldnames is None:
-                yield Rejected("ingest_empty_file", "row=0", "file is empty")
+        with open_binary(file.path) as f:
+            lines = _CsvLines(f, max_doc_bytes)
+            reader = csv.reader(lines, delimiter=delimiter, strict=True)
+            header = _csv_header(reader, lines)
+            if header is None:
+                yield from lines.take_rejected()
+                if not lines.consumed_any:
+                    yield Rejected("ingest_empty_file", "L1", "file is empty")
                 return
-            for row, obj in enumerate(reader, start=1):
-                yield _field_record(obj, f"row={row}", text_field, id_field, max_doc_bytes, "")
-    except UnicodeDecodeError as e:
-        yield Rejected("ingest_invalid_utf8", f"row={row + 1}", f"invalid UTF-8 at byte {e.start}; stopped reading")
-    except (csv.Error, *READ_ERRORS) as e:
-        yield Rejected("ingest_read_error", f"row={row + 1}", f"{type(e).__name__}: {e}; stopped reading")
+            row_no = 0
+            for start, row, problem in _csv_rows(reader, lines, len(header)):
+                if problem:
+                    yield Rejected("ingest_malformed_csv", f"L{start}", f"row starting at line {start}: {problem}", lines.text_of(start))
+                elif row:
+                    row_no += 1
+                    yield _field_record(dict(zip(header, row)), f"row={row_no}", text_field, id_field, max_doc_bytes, "")
+                yield from lines.take_rejected()
+            yield from lines.take_rejected()
+    except READ_ERRORS as e:
+        where = lines.line_no + 1 if lines else 1
+        yield Rejected("ingest_read_error", f"L{where}", f"{type(e).__name__}: {e}; stopped reading")
+
+
+def _csv_header(reader: Iterator[list[str]], lines: "_CsvLines") -> list[str] | None:
+    try:
+        header: list[str] = []
+        while not header:  # blank lines before the header
+            header = next(reader)
+        return header
+    except StopIteration:
+        return None
+    except csv.Error as e:
+        lines.rejected.append(Rejected("ingest_malformed_csv", "L1", f"header: {e}; file not read", lines.text_of(1)))
+        return None
+
+
+def _csv_rows(
+    reader: Iterator[list[str]], lines: "_CsvLines", fields: int
+) -> Iterator[tuple[int, list[str], str | None]]:
+    """(first line, row, problem) per row. A bad row spanning several lines gives back all but its
+    first line, so a quote that never closes costs one line, not every row after it."""
+    while True:
+        lines.start_row()
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield lines.row_start, [], str(e)
+            lines.replay_after_first()
+            continue
+        if row and len(row) != fields:
+            yield lines.row_start, [], f"{len(row)} fields, the header has {fields}"
+            lines.replay_after_first()
+            continue
+        yield lines.row_start, row, None
+
+
+class _CsvLines:
+    """Decoded lines for ``csv.reader`` with their numbers; remembers the lines of the current row
+    so a malformed one can be re-read, and turns undecodable, oversized or cut lines into rejections."""
+
+    def __init__(self, f: IO[bytes], max_doc_bytes: int):
+        self._f = f
+        self._source = enumerate(_bounded_lines(f, max_doc_bytes), start=1)
+        self._replay: list[tuple[int, str]] = []
+        self._row: list[tuple[int, str]] = []
+        self.rejected: list[Rejected] = []
+        self.line_no = 0
+        self.consumed_any = False
+        self._ended = False
+
+    def __iter__(self) -> "_CsvLines":
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            if self._replay:
+                no, text = self._replay.pop(0)
+            else:
+                no, text = self._read()
+            self._row.append((no, text))
+            return text
+
+    def _read(self) -> tuple[int, str]:
+        for no, (raw, size) in self._source:
+            self.line_no, self.consumed_any = no, True
+            if size and not raw:
+                self.rejected.append(Rejected("ingest_doc_too_large", f"L{no}", f"line of {size} bytes > limit"))
+                continue
+            if not raw.endswith(b"\n") and (problem := truncation_problem(self._f)):
+                self.rejected.append(_truncated(no, problem, raw))
+                continue
+            text, problem = _decode(raw)
+            if text is None:
+                self.rejected.append(Rejected("ingest_invalid_utf8", f"L{no}", problem, raw.decode("utf-8", "replace")))
+                continue
+            return no, text
+        if not self._ended and (problem := truncation_problem(self._f)):
+            self.rejected.append(_truncated(self.line_no + 1, problem, b""))
+        self._ended = True
+        raise StopIteration
+
+    def start_row(self) -> None:
+        self._row = []
+
+    @property
+    def row_start(self) -> int:
+        return self._row[0][0] if self._row else self.line_no
+
+    def text_of(self, line_no: int) -> str:
+        return next((t for no, t in self._row if no == line_no), "")
+
+    def replay_after_first(self) -> None:
+        self._replay = self._row[1:] + self._replay
+        self._row = []
+
+    def take_rejected(self) -> Iterator[Rejected]:
+        out, self.rejected = self.rejected, []
+        yield from out
 
 
 # --- builtin:pydocs: real text that exists on every machine with Python ---

@@ -46,6 +46,8 @@ class ShardStage:
     name: str
     version: str
     apply: Callable[[pl.DataFrame, Any], pl.DataFrame]
+    # Counts of what the stage changes without dropping (e.g. characters stripped), summed into stats.json.
+    count: Callable[[pl.DataFrame, Any], dict[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def process_shard(
         decided = stage.apply(docs, params)
         kept, rejected = split_decisions(decided, stage.name)
         validate_shard(stage.name, kept, rejected, params, validation, shard=work.unit)
+        counts = stage.count(docs, params) if stage.count else None
     return write_shard(
         Path(work.out_dir),
         work.unit,
@@ -178,6 +181,7 @@ def process_shard(
         rejected=rejected,
         seconds=time.perf_counter() - start,
         energy=used.to_json(),
+        counts=counts,
     )
 
 

@@ -42,3 +42,15 @@ def test_gutenberg_header_and_footer_are_cut(shared_data: Path) -> None:
     assert "Call me Ishmael" in text and "\r" not in text and "\ufeff" not in text
     [(kept, _)] = norm([raw], strip_gutenberg=False)
     assert "START OF THIS PROJECT GUTENBERG" in kept
+
+
+def test_zero_width_and_bidi_controls_are_stripped_and_counted() -> None:
+    from tasks.normalize import count_normalize
+
+    texts = ["pay\u200bpal lo\u200cg\u200din", "admin\u202e\u2066 // check later \u2069\u202c ok", "plain"]
+    assert norm(texts) == [("paypal login", None), ("admin // check later ok", None), ("plain", None)]
+    docs = pl.DataFrame({"id": ["0", "1", "2"], "text": texts})
+    assert count_normalize(docs, NormalizeParams()) == {"invisible_chars_stripped": 7}
+    # Switched off, they stay and are still counted as kept.
+    assert norm(texts[:1], strip_invisible=False) == [("pay\u200bpal lo\u200cg\u200din", None)]
+    assert count_normalize(docs, NormalizeParams(strip_invisible=False)) == {"invisible_chars_kept": 7}

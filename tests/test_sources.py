@@ -140,3 +140,171 @@ def test_real_web_jsonl_keeps_u2028_documents_whole() -> None:
         pytest.skip("../shared/data not present")
     records = read(web)
     assert len(records) == 697 and not reasons(records)
+
+
+def test_symlink_loop_and_dangling_link_are_skipped_with_reasons(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("kept")
+    (tmp_path / "loop1.txt").symlink_to(tmp_path / "loop2.txt")
+    (tmp_path / "loop2.txt").symlink_to(tmp_path / "loop1.txt")
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up.txt").symlink_to(tmp_path)  # a link to a parent directory
+    (tmp_path / "link.txt").symlink_to(tmp_path / "a.txt")  # a good link is followed
+    files, skipped = list_source_files(SourceSpec(path=str(tmp_path)))
+    assert [f.relpath for f in files] == ["a.txt", "link.txt"]
+    assert {Path(s["file"]).name: s["reason"] for s in skipped} == {
+        "dangling.jsonl": "ingest_broken_symlink",
+        "loop1.txt": "ingest_symlink_loop",
+        "loop2.txt": "ingest_symlink_loop",
+        "up.txt": "ingest_symlinked_dir",
+    }
+    assert all(s["detail"] for s in skipped)
+
+
+LIST_AS_UNPRIVILEGED = """
+import json, sys
+from tasks.sources import SourceSpec, list_source_files
+files, skipped = list_source_files(SourceSpec(path=sys.argv[1]))
+print(json.dumps({"files": [f.relpath for f in files], "skipped": skipped}))
+"""
+
+
+def test_unreadable_directory_is_a_skipped_entry(tmp_path: Path) -> None:
+    """chmod 000 does not stop root: as root, list in a child whose capabilities to bypass
+    file permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) are dropped by setpriv."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "a.txt").write_text("readable")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "b.txt").write_text("behind a locked door")
+    (tmp_path / "locked").chmod(0)
+    cmd = [sys.executable, "-c", LIST_AS_UNPRIVILEGED, str(tmp_path)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no way to make a directory unreadable")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    got = json.loads(out.stdout)
+    assert got["files"] == ["open/a.txt"]
+    assert [(Path(s["file"]).name, s["reason"]) for s in got["skipped"]] == [("locked", "ingest_unreadable")]
+    assert "Permission denied" in got["skipped"][0]["detail"]
+
+
+def complete_lines_before_cut(truncated: bytes, decoder) -> int:
+    """Ground truth: how many whole lines the cut file still holds (the independent decoder's view)."""
+    return decoder.decompress(truncated).count(b"\n")
+
+
+def jsonl_lines(n: int) -> bytes:
+    # Varied text, so compressed blocks end at many points and the cut falls mid-stream.
+    return b"".join(json.dumps({"text": f"document {i}: " + " ".join(str(i * j % 997) for j in range(60))}).encode() + b"\n" for i in range(n))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_truncated_archive_keeps_every_complete_line_and_says_truncated(tmp_path: Path, suffix: str) -> None:
+    import zlib
+
+    import zstandard
+
+    data = jsonl_lines(3000)
+    if suffix.endswith(".gz"):
+        packed, decoder = gzip.compress(data), zlib.decompressobj(16 + zlib.MAX_WBITS)
+    else:
+        packed, decoder = zstandard.ZstdCompressor().compress(data), zstandard.ZstdDecompressor().decompressobj()
+    cut = packed[: len(packed) * 2 // 3]
+    whole = complete_lines_before_cut(cut, decoder)
+    assert 0 < whole < 3000
+    p = tmp_path / f"t{suffix}"
+    p.write_bytes(cut)
+    records = read(p)
+    kept = [r for r in records if isinstance(r, Record)]
+    assert len(kept) == whole
+    assert [(r.reason, r.position) for r in records if isinstance(r, Rejected)] == [("ingest_truncated", f"L{whole + 1}")]
+    assert f"stopped after line {whole}" in records[-1].detail
+
+
+def test_zstd_cut_inside_its_first_block_is_truncated_not_empty(tmp_path: Path) -> None:
+    import zstandard
+
+    packed = zstandard.ZstdCompressor().compress(b'{"text": "short"}\n' * 100)
+    p = tmp_path / "t.jsonl.zst"
+    p.write_bytes(packed[: len(packed) // 2])
+    assert reasons(read(p)) == ["ingest_truncated"]
+
+
+def test_concatenated_gzip_members_and_zstd_frames_are_read_whole(tmp_path: Path) -> None:
+    import zstandard
+
+    (tmp_path / "m.jsonl.gz").write_bytes(gzip.compress(b'{"text": "one"}\n') + gzip.compress(b'{"text": "two"}\n'))
+    z = zstandard.ZstdCompressor()
+    (tmp_path / "m.jsonl.zst").write_bytes(z.compress(b'{"text": "one"}\n') + z.compress(b'{"text": "two"}\n'))
+    for name in ("m.jsonl.gz", "m.jsonl.zst"):
+        assert [r.text for r in read(tmp_path / name)] == ["one", "two"], name
+
+
+def test_paragraph_split_streams_a_huge_line_with_bounded_memory(tmp_path: Path) -> None:
+    """A 32 MB line is measured and rejected, never held whole: the peak stays near max_doc_bytes."""
+    import tracemalloc
+
+    p = tmp_path / "dump.txt"
+    with open(p, "wb") as f:
+        f.write(b"A first paragraph.\n\n")
+        for _ in range(32):
+            f.write(b"x" * (1 << 20))  # one 32 MB line, no newline inside
+        f.write(b"\n\nThe last paragraph.\n")
+    files, _ = list_source_files(SourceSpec(path=str(p)))
+    tracemalloc.start()
+    try:
+        records = list(read_records(files[0], MAX, "paragraph"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(getattr(r, "reason", None), r.position) for r in records] == [
+        (None, "L1"),
+        ("ingest_doc_too_large", "L3"),
+        (None, "L5"),
+    ]
+    assert [r.text for r in records if isinstance(r, Record)] == ["A first paragraph.", "The last paragraph."]
+    assert peak < 6 * MAX, f"peak {peak / 1e6:.1f} MB while reading paragraphs of at most {MAX / 1e6:.1f} MB"
+
+
+def test_csv_unterminated_quote_rejects_its_line_and_keeps_the_rows_after_it(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_text('text,id\n"never closed,a\nplain,b\nthird,c\n')
+    records = read(p)
+    assert [(r.reason, r.position) for r in records if isinstance(r, Rejected)] == [("ingest_malformed_csv", "L2")]
+    assert "line 2" in records[0].detail and records[0].text.startswith('"never closed')
+    assert [(r.text, r.own_id) for r in records if isinstance(r, Record)] == [("plain", "b"), ("third", "c")]
+
+
+def test_csv_malformed_rows_are_rejected_with_their_line_numbers(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_text(
+        "text,id\n"
+        '"opens here,a\n'  # L2: a quote that a later stray quote seems to close
+        "plain,b\n"
+        'this "closes",c\n'  # L4: a quote inside an unquoted field is fine
+        "one,d,extra\n"  # L5: too many fields
+        "lonely\n"  # L6: too few
+        '"a quoted\nmulti-line field",e\n'  # L7-8: legitimate
+        "last,f\n"
+    )
+    records = read(p)
+    assert [(r.reason, r.position) for r in records if isinstance(r, Rejected)] == [
+        ("ingest_malformed_csv", "L2"),
+        ("ingest_malformed_csv", "L5"),
+        ("ingest_malformed_csv", "L6"),
+    ]
+    assert [(r.text, r.own_id) for r in records if isinstance(r, Record)] == [
+        ("plain", "b"),
+        ('this "closes"', "c"),
+        ("a quoted\nmulti-line field", "e"),
+        ("last", "f"),
+    ]
