@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -66,8 +66,12 @@ class EvalParams(BaseModel):
 
 
 @torch.no_grad()
-def heldout_loss(model: GPT, tokens: np.ndarray, params: EvalParams, device: str = "cpu") -> tuple[float, int]:
-    """Mean next-token loss over non-overlapping blocks of ``tokens`` (deterministic: no sampling)."""
+def heldout_loss(
+    model: GPT, tokens: np.ndarray, params: EvalParams, device: str = "cpu", on_blocks: Callable[[int, int], None] | None = None
+) -> tuple[float, int]:
+    """Mean next-token loss over non-overlapping blocks of ``tokens`` (deterministic: no sampling).
+
+    ``on_blocks(done, total)`` after every batch of blocks (live progress)."""
     model.eval()
     T = model.config.block_size
     n = min(len(tokens) - 1, params.max_tokens)
@@ -81,6 +85,8 @@ def heldout_loss(model: GPT, tokens: np.ndarray, params: EvalParams, device: str
         _, loss = model(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
+        if on_blocks:
+            on_blocks(start + len(idx), blocks)
     return total / max(count, 1), count
 
 

@@ -15,16 +15,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 
 from models.checkpoint import load_checkpoint, load_config
@@ -46,7 +44,9 @@ from tasks.energy import EnergyRecord, EnergySettings, track, training_efficienc
 from tasks.sft import SftDatasetRef
 from tasks.stage import StageWork, plan_stage, stage_task
 from tasks.tokenize import TokenDatasetRef, load_tokenizer
-from tasks.train import LoraParams, TrainParams, TrainResult, train
+from tasks.progress import LiveProgress
+from tasks.train import Batches, LoraParams, TrainParams, TrainResult, model_config, resolve_device, step_budget, train
+from tasks.train_plan import TrainingPlan, measure_step_seconds, plan_training
 
 VERSION = "1"
 CHAT_TEMPLATE = (
@@ -86,25 +86,49 @@ def model_work(workdir: str | Path, stage: str, params: Any, inputs: list[str]) 
 
 
 class TrainingProgress:
-    """A Prefect progress artifact plus a terminal bar, updated at every validation."""
+    """What a user sees of a training run: the plan, a live line, every validation, and why it stopped.
 
-    def __init__(self, stage: str, max_steps: int):
-        self.stage, self.max_steps = stage, max_steps
-        self.artifact = create_progress_artifact(
-            progress=0.0, key=f"{stage}-progress", description=f"{stage}: share of max_steps done"
-        )
+    The live line (steps done of the planned steps, tokens/s, loss, ETA) and the Prefect
+    progress artifact follow the run's real budget: steps, capped by max_epochs, ended
+    early by early stopping or the max_seconds guard.
+    """
+
+    def __init__(self, stage: str, planned_steps: int, tokens_per_step: int):
+        self.stage = stage
         self.logger = get_run_logger()
-        self.started = time.perf_counter()
+        self.live = LiveProgress(
+            stage, planned_steps, unit="steps", artifact_key=f"{stage}-progress",
+            rate_unit="tokens", rate_scale=tokens_per_step,
+        )
+        self.last_val: float | None = None
+
+    def plan(self, plan: TrainingPlan) -> None:
+        for line in plan.lines(self.stage):
+            (self.logger.warning if "WARNING" in line else self.logger.info)(line)
 
     def __call__(self, step: int, record: dict[str, float]) -> None:
-        pct = 100.0 * step / self.max_steps
-        if self.artifact is not None:
-            update_progress_artifact(self.artifact, progress=pct)
-        bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
+        """A validation: always logged (it is where best and early stopping are decided)."""
+        self.last_val = record["val_loss"]
         self.logger.info(
-            "%s [%s] step %d/%d  train %.4f  val %.4f  lr %.2e  %.0fs",
-            self.stage, bar, step, self.max_steps, record["train_loss"], record["val_loss"], record["lr"], record["seconds"],
+            "%s step %d/%d  train %.4f  val %.4f  lr %.2e  %.0fs",
+            self.stage, step, self.live.total, record["train_loss"], record["val_loss"], record["lr"], record["seconds"],
         )
+        self.live.update(step, force=True, loss=record["train_loss"], val=record["val_loss"])
+
+    def step(self, step: int, total: int, loss: Callable[[], float]) -> None:
+        self.live.set_total(total)
+        if self.live.due():
+            self.live.update(step, loss=loss(), val=self.last_val)
+
+    def finished(self, result: TrainResult) -> None:
+        self.live.finish(result.steps, val=self.last_val)
+        if result.stopped == "max_seconds":
+            self.logger.warning(
+                "%s: the max_seconds guard (%s s) cut training short at step %d of %d; the model is the best "
+                "validation so far, not what the budget asked for, and depends on this machine's speed. Raise "
+                "max_seconds (a guard, set well above the expected time) or lower max_steps.",
+                self.stage, f"{result.seconds:.0f}", result.steps, result.planned_steps,
+            )
 
 
 def plot_losses(model_dir: Path) -> Path | None:
@@ -132,23 +156,70 @@ def plot_losses(model_dir: Path) -> Path | None:
 
 
 def fit(
+    stage: str,
     out: Path,
     data: dict[str, Any],
     params: TrainParams,
     vocab: int,
     init_from: Path | None,
-    progress: TrainingProgress,
+    energy: EnergySettings | None = None,
     lora: LoraParams | None = None,
-) -> TrainResult:
-    """Train in this process, or launch ``torchrun`` (DDP) when ``nproc * nnodes > 1``.
+) -> tuple[TrainResult, TrainingPlan]:
+    """Plan, then train in this process, or launch ``torchrun`` (DDP) when ``nproc * nnodes > 1``.
 
     ``data`` says where examples come from ({kind: tokens, train, val, dtype} or
     {kind: sft, dir}); the ranks read it themselves, so nothing large crosses processes.
     """
     from tasks.train_worker import load_batches
 
+    batches = load_batches({"data": data})  # memory maps: cheap, and the plan needs their sizes
+    plan = make_plan(params, vocab, init_from, batches, energy)
+    if data.get("heldout_tail"):
+        plan.warnings.append(
+            f"the corpus has too few documents for a document-level validation split: the last "
+            f"{data['heldout_tail']:,} training tokens validate instead, so validation loss reads optimistic"
+        )
+    progress = TrainingProgress(stage, plan.steps, plan.tokens_per_step)
+    progress.plan(plan)
     if params.nproc * params.nnodes == 1:
-        return train(out, load_batches({"data": data}), params, vocab, init_from, progress, lora=lora)
+        result = train(out, batches, params, vocab, init_from, progress, lora=lora, on_step=progress.step)
+    else:
+        result = _torchrun(out, data, params, vocab, init_from, lora, progress)
+    progress.finished(result)
+    return result, plan
+
+
+def make_plan(
+    params: TrainParams, vocab: int, init_from: Path | None, batches: Batches, energy: EnergySettings | None
+) -> TrainingPlan:
+    """The run's plan from the data sizes and a short timing of the model on this machine."""
+    cfg = model_config(params, vocab, init_from)
+    batches.check(cfg.block_size)
+    world = params.nproc * params.nnodes
+    tokens_per_step = params.batch_size * params.grad_accum * cfg.block_size * world
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    device = resolve_device(params)
+    step_seconds = measure_step_seconds(GPT(cfg).to(device), params.batch_size, params.grad_accum, device)
+    settings = energy or EnergySettings()
+    return plan_training(
+        cfg,
+        train_tokens=batches.train_tokens,
+        val_tokens=int(batches.val.size),
+        tokens_per_step=tokens_per_step,
+        steps=step_budget(params, batches.train_tokens, tokens_per_step),
+        max_steps=params.max_steps,
+        max_seconds=params.max_seconds,
+        step_seconds=step_seconds,
+        watts=settings.resolved_cpu_watts() + settings.resolved_ram_watts(),
+        warmup_steps=params.warmup_steps,
+    )
+
+
+def _torchrun(
+    out: Path, data: dict[str, Any], params: TrainParams, vocab: int, init_from: Path | None,
+    lora: LoraParams | None, progress: TrainingProgress,
+) -> TrainResult:
     spec = {
         "out_dir": str(out),
         "data": data,
@@ -211,12 +282,11 @@ def pretrain_model(
     out = Path(work.out_dir)
     (out / "tokenizer.json").write_bytes((Path(tokens.path) / "tokenizer.json").read_bytes())
     meta = tokens.meta()
-    data = {"kind": "tokens", "train": str(Path(tokens.path) / "train.bin"), "val": str(Path(tokens.path) / "val.bin"),
-            "dtype": meta["dtype"]}
-    progress = TrainingProgress(work.stage, params.max_steps)
+    data = tokens.training_data()
     with track(work.stage, energy) as used:
-        result = fit(out, data, params, meta["vocab_size"], Path(init_from) if init_from else None, progress)
-    return _finish(work, result, {"tokens": tokens.path, "init_from": init_from, **_energy_extra(result, used)})
+        result, plan = fit(work.stage, out, data, params, meta["vocab_size"], Path(init_from) if init_from else None, energy)
+    extra = {"tokens": tokens.path, "init_from": init_from, "plan": plan.to_json(), **_energy_extra(result, used)}
+    return _finish(work, result, extra)
 
 
 @stage_task(task_run_name="{work.stage}", retries=2)
@@ -234,10 +304,10 @@ def finetune_model(
     out = Path(work.out_dir)
     (out / "tokenizer.json").write_bytes(base.tokenizer_path.read_bytes())
     vocab = load_config(base.best)["vocab_size"]
-    progress = TrainingProgress(work.stage, params.max_steps)
     with track(work.stage, energy) as used:
-        result = fit(out, {"kind": "sft", "dir": sft.path}, params, vocab, base.best, progress, lora=lora)
-    extra = {"base": base.path, "sft": sft.path, "lora": lora.model_dump() if lora else None, **_energy_extra(result, used)}
+        result, plan = fit(work.stage, out, {"kind": "sft", "dir": sft.path}, params, vocab, base.best, energy, lora=lora)
+    extra = {"base": base.path, "sft": sft.path, "lora": lora.model_dump() if lora else None, "plan": plan.to_json(),
+             **_energy_extra(result, used)}
     return _finish(work, result, extra)
 
 
@@ -260,8 +330,10 @@ def evaluate_model(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_ref.load(device)
     meta = tokens.meta()
-    val_loss, scored = heldout_loss(model, tokens.val_tokens(), params, device)
-    train_loss, _ = heldout_loss(model, tokens.train_tokens(), params, device)
+    live = LiveProgress(f"evaluate {model_ref.stage}", 1, unit="blocks", artifact_key=f"evaluate-{work.unit or 'model'}-progress")
+    val_loss, scored = heldout_loss(model, tokens.val_tokens(), params, device, on_blocks=_blocks_progress(live, 0))
+    train_loss, _ = heldout_loss(model, tokens.train_tokens(), params, device, on_blocks=_blocks_progress(live, 1))
+    live.finish(live.total)
     unigram = unigram_loss(np.asarray(tokens.train_tokens()), np.asarray(tokens.val_tokens()), meta["vocab_size"])
     bytes_per_token = meta["bytes_per_token"]["val"]
     history = read_history(Path(model_ref.path))
@@ -301,6 +373,16 @@ def evaluate_model(
     _publish_metrics(work.unit or "model", metrics)
     write_json(work.marker, {"stage": "evaluate", "fingerprint": work.fingerprint})
     return metrics
+
+
+def _blocks_progress(live: LiveProgress, part: int) -> Callable[[int, int], None]:
+    """Evaluation scores two equal budgets of blocks (validation, then training): one bar across both."""
+
+    def on_blocks(done: int, total: int) -> None:
+        live.set_total(2 * total)
+        live.update(part * total + done)
+
+    return on_blocks
 
 
 def _publish_metrics(name: str, metrics: dict[str, Any]) -> None:

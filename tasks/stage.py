@@ -19,9 +19,12 @@ import polars as pl
 from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.futures import as_completed
 
 from data_quality import DataQualityError, ValidationSettings, validate_shard, validate_stage
 from tasks.energy import EnergySettings, track
+from tasks.errors import UserError
+from tasks.progress import LiveProgress
 from tasks.dataset import (
     DatasetRef,
     ShardStats,
@@ -136,7 +139,7 @@ def is_not_data_quality_error(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient failures; a failed expectation fails the same way every time."""
     try:
         state.result()
-    except DataQualityError:
+    except (DataQualityError, UserError):
         return False
     except Exception:
         return True
@@ -247,6 +250,13 @@ def map_shards(
         validation=unmapped(validation),
         energy=unmapped(energy),
     )
+    live = LiveProgress(work.stage, len(parts), unit="shards", artifact_key=f"{work.stage}-progress")
+    docs = 0
+    for done, future in enumerate(as_completed(futures), start=1):  # a live line, not a log line per shard
+        stats = future.result()
+        docs += stats.docs_in
+        live.update(done, docs=docs)
+    live.finish(len(parts), docs=docs)
     return [f.result() for f in futures]
 
 

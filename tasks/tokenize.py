@@ -76,6 +76,8 @@ from tasks.stage import StageWork, plan_stage, stage_task
 
 VERSION = "1"
 STAGE = "tokenize"
+# Fewer validation tokens than this (two gpt2-124m contexts) and the split moves inside documents.
+MIN_VAL_TOKENS = 2048
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "meta.json"
 DOCS_FILE = "docs.parquet"
@@ -370,11 +372,34 @@ class TokenDatasetRef:
             return np.empty(0, dtype=dtype)  # numpy cannot map an empty file
         return np.memmap(path, dtype=dtype, mode="r")
 
+    def heldout_tail(self) -> int:
+        """Training tokens held out as validation when the corpus has too few documents for a split.
+
+        The split holds out whole documents; a corpus of one or a few documents (a single
+        notes file) can leave it empty. Then the last ``val_fraction`` of the training tokens
+        (at least ``MIN_VAL_TOKENS``, at most half) validates instead: a split inside
+        documents, whose loss reads optimistic, which the training plan says. 0: the
+        document split stands.
+        """
+        meta = self.meta()
+        if meta["tokens"]["val"] >= MIN_VAL_TOKENS:
+            return 0
+        n = meta["tokens"]["train"]
+        return min(n // 2, max(int(meta["split"]["val_fraction"] * n), MIN_VAL_TOKENS))
+
     def train_tokens(self) -> np.ndarray:
-        return self.tokens("train")
+        tail = self.heldout_tail()
+        train = self.tokens("train")
+        return train[: len(train) - tail] if tail else train
 
     def val_tokens(self) -> np.ndarray:
-        return self.tokens("val")
+        tail = self.heldout_tail()
+        return self.tokens("train")[-tail:] if tail else self.tokens("val")
+
+    def training_data(self) -> dict[str, Any]:
+        """Where training reads its examples (files, so torchrun ranks map them themselves)."""
+        return {"kind": "tokens", "train": str(self.dir / "train.bin"), "val": str(self.dir / "val.bin"),
+                "dtype": self.meta()["dtype"], "heldout_tail": self.heldout_tail()}
 
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.dir / TOKENIZER_FILE)

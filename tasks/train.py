@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.checkpoint import load_checkpoint, load_config, save_checkpoint
 from models.gpt import GPT, GPTConfig, apply_lora, merge_lora
+from tasks.errors import TrainingDataError
 
 VERSION = "1"
 
@@ -52,8 +53,15 @@ class TrainParams(BaseModel):
     lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
     min_lr: float = Field(2e-4, ge=0, description="Learning rate at the end of the cosine decay.")
     warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
-    max_steps: int = Field(1000, ge=1, description="Optimizer steps; the cosine schedule spans them.")
-    max_seconds: float | None = Field(None, gt=0, description="Wall-clock budget; training stops (and keeps its best) when spent.")
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps: the budget; the cosine schedule spans them.")
+    max_epochs: float | None = Field(
+        None, gt=0, description="Cap the steps so no training token is seen more than this many times (overfitting guard); null: no cap."
+    )
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock guard, not a budget: set it well above the expected time. A run it cuts short says so and keeps its best.",
+    )
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, on matrices only (regularization).")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
@@ -86,6 +94,28 @@ class Batches:
     def is_rows(self) -> bool:
         return self.train_mask is not None
 
+    @property
+    def train_tokens(self) -> int:
+        """Tokens one epoch covers (SFT: every position of every row)."""
+        return int(self.train.size)
+
+    def check(self, block: int) -> None:
+        """Fail with one line saying what is missing, before any work (a draw from too few tokens fails deep in numpy)."""
+        need = 1 if self.is_rows else block + 2
+        for split, data in (("train", self.train), ("val", self.val)):
+            have = len(data)
+            if have < need:
+                unit = "rows" if self.is_rows else "tokens"
+                hint = (
+                    "the validation split holds out whole documents (tokenize.val_fraction): give more documents, "
+                    "e.g. one per paragraph with --set ingest.text_split=paragraph"
+                    if split == "val"
+                    else "add text, or choose a smaller model.block_size"
+                )
+                raise TrainingDataError(
+                    f"the {split} split has {have} {unit}; training needs at least {need} (block_size {block}): {hint}"
+                )
+
 
 def resolve_device(params: TrainParams) -> str:
     if params.device != "auto":
@@ -93,18 +123,24 @@ def resolve_device(params: TrainParams) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def lr_at(step: int, p: TrainParams, seconds: float = 0.0) -> float:
-    """Linear warmup, then cosine decay to min_lr over max_steps or max_seconds, whichever ends first.
+def lr_at(step: int, p: TrainParams, total_steps: int | None = None) -> float:
+    """Linear warmup, then cosine decay to min_lr over the run's steps.
 
-    With a wall-clock budget the decay follows the clock, so a run cut by max_seconds ends
-    at min_lr instead of mid-schedule (the price: such a run is not bit-reproducible).
+    The schedule is a function of the step alone, never of the clock: a busy machine
+    makes a run slower, not different.
     """
+    total = total_steps or p.max_steps
     if step < p.warmup_steps:
         return p.lr * (step + 1) / p.warmup_steps
-    progress = min(1.0, (step - p.warmup_steps) / max(1, p.max_steps - p.warmup_steps))
-    if p.max_seconds:
-        progress = max(progress, min(1.0, seconds / p.max_seconds))
+    progress = min(1.0, (step - p.warmup_steps) / max(1, total - p.warmup_steps))
     return p.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (p.lr - p.min_lr)
+
+
+def step_budget(p: TrainParams, train_tokens: int, tokens_per_step: int) -> int:
+    """Optimizer steps of the run: max_steps, capped so no training token is seen more than max_epochs times."""
+    if p.max_epochs is None or train_tokens <= 0:
+        return p.max_steps
+    return max(1, min(p.max_steps, int(p.max_epochs * train_tokens / tokens_per_step)))
 
 
 def batch_at(
@@ -147,6 +183,7 @@ def estimate_loss(model: GPT, batches: Batches, p: TrainParams, block: int, devi
 class TrainResult(BaseModel):
     out_dir: str
     steps: int
+    planned_steps: int
     best_val_loss: float
     best_step: int
     stopped: str
@@ -168,6 +205,9 @@ class LoraParams(BaseModel):
     )
 
 
+StepHook = Callable[[int, int, Callable[[], float]], None]
+
+
 def train(
     out_dir: Path,
     batches: Batches,
@@ -176,10 +216,15 @@ def train(
     init_from: Path | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
     lora: LoraParams | None = None,
+    on_step: StepHook | None = None,
 ) -> TrainResult:
     """Train into ``out_dir``; resumes from ``out_dir/checkpoints/last`` when a previous attempt left one.
 
-    ``checkpoints/best`` ends as a plain model (LoRA adapters merged), ready to load or export.
+    ``progress(step, record)`` sees every validation; ``on_step(step, total, loss)`` every
+    optimizer step (``loss()`` reads the last micro-batch's loss: a device sync, so call it
+    only when printing). Every stop (steps spent, early stopping, the max_seconds guard)
+    ends with a validation of the final weights, and ``checkpoints/best`` is the best of all
+    validations, final weights included. It ends as a plain model (LoRA adapters merged).
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     lead = rank == 0  # only the lead rank writes checkpoints, metrics and progress
@@ -191,7 +236,8 @@ def train(
         torch.set_num_threads(params.threads)
     last, best = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
     torch.manual_seed(params.seed)
-    cfg = _model_config(params, vocab_size, init_from)
+    cfg = model_config(params, vocab_size, init_from)
+    batches.check(cfg.block_size)
     model = GPT(cfg).to(device)
     if init_from is not None and not last.exists():
         load_checkpoint(init_from, model, restore_rng=False)  # transfer learning: start from pretrained weights
@@ -200,9 +246,10 @@ def train(
     optimizer = torch.optim.AdamW(
         model.param_groups(params.weight_decay), lr=params.lr, betas=(params.beta1, params.beta2), fused=False
     )
-    state = {"step": 0, "best_val_loss": float("inf"), "best_step": 0, "bad_evals": 0, "tokens_seen": 0, "seconds": 0.0}
+    state = {"step": 0, "best_val_loss": float("inf"), "best_step": 0, "bad_evals": 0, "tokens_seen": 0, "seconds": 0.0,
+             "validated_step": -1}
     if last.exists():  # a killed or retried attempt: continue where its last checkpoint left off
-        state = load_checkpoint(last, model, optimizer)["train"]
+        state = {"validated_step": -1, **load_checkpoint(last, model, optimizer)["train"]}
         _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
     ctx = _autocast(params, device)
     if world > 1:  # dropout streams differ per rank (a single process keeps its restored RNG: exact resume)
@@ -215,27 +262,33 @@ def train(
     tokens_per_step = params.batch_size * params.grad_accum * block * world
     metrics = open(out_dir / "metrics.jsonl", "a") if lead else open(os.devnull, "w")
     started = time.perf_counter() - state["seconds"]
+
+    def validate(step: int) -> bool:
+        """Validate the current weights, keep them if best; True when patience ran out."""
+        losses = estimate_loss(runnable, batches, params, block, device, ctx)
+        record = {"step": step, **losses, "lr": lr_at(step, params, step_budget(params, batches.train_tokens, tokens_per_step)),
+                  "seconds": time.perf_counter() - started}
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        state["validated_step"] = step
+        if progress and lead:
+            progress(step, record)
+        improved = losses["val_loss"] < state["best_val_loss"] - params.min_delta
+        if losses["val_loss"] < state["best_val_loss"]:  # best is the lowest loss seen; patience wants real progress
+            state.update(best_val_loss=losses["val_loss"], best_step=step)
+            if lead:
+                save_checkpoint(best, model, None, _state(state, step))
+        state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+        return params.patience is not None and state["bad_evals"] >= params.patience
+
     stopped = "max_steps"
     step = state["step"]
-    while step < params.max_steps:
-        if step % params.eval_interval == 0 or step == params.max_steps - 1:
-            losses = estimate_loss(runnable, batches, params, block, device, ctx)
-            elapsed = time.perf_counter() - started
-            record = {"step": step, **losses, "lr": lr_at(step, params, elapsed), "seconds": elapsed}
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            if progress and lead:
-                progress(step, record)
-            if losses["val_loss"] < state["best_val_loss"] - params.min_delta:
-                state.update(best_val_loss=losses["val_loss"], best_step=step, bad_evals=0)
-                if lead:
-                    save_checkpoint(best, model, None, _state(state, step))
-            else:
-                state["bad_evals"] += 1
-                if params.patience is not None and state["bad_evals"] >= params.patience:
-                    stopped = "early_stopping"
-                    break
-        lr = lr_at(step, params, _lead_clock(time.perf_counter() - started, world, device) if params.max_seconds else 0.0)
+    loss = torch.zeros(())
+    while step < (total := step_budget(params, batches.train_tokens, tokens_per_step)):
+        if step % params.eval_interval == 0 and state["validated_step"] != step and validate(step):
+            stopped = "early_stopping"
+            break
+        lr = lr_at(step, params, total)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(params.grad_accum):
@@ -252,30 +305,21 @@ def train(
         step += 1
         state["tokens_seen"] += tokens_per_step
         state["seconds"] = time.perf_counter() - started
+        if on_step and lead:
+            on_step(step, total, lambda: float(loss.detach().item()))
         if step % params.checkpoint_interval == 0 and lead:
             save_checkpoint(last, model, optimizer, _state(state, step))
         if params.max_seconds and _lead_clock(state["seconds"], world, device) >= params.max_seconds:
             stopped = "max_seconds"
             break
+    if state["validated_step"] != step:  # every stop ends with a validation: best considers the final weights
+        validate(step)
     state["step"] = step
     metrics.close()
-    if not lead:
-        dist.barrier()  # wait for the lead's final checkpoints
-        return TrainResult(out_dir=str(out_dir), steps=step, best_val_loss=state["best_val_loss"], best_step=state["best_step"],
-                           stopped=stopped, tokens_seen=state["tokens_seen"], seconds=state["seconds"],
-                           flops=float(model.flops_per_token() * state["tokens_seen"]), model_config_json=cfg.to_dict())
-    if not best.exists():  # never validated (budget spent before the first eval): keep the final weights
-        save_checkpoint(best, model, None, _state(state, step))
-    save_checkpoint(last, model, optimizer, _state(state, step))
-    if world > 1:
-        dist.barrier()
-    if lora is not None:
-        load_checkpoint(best, model, restore_rng=False)
-        merge_lora(model)
-        save_checkpoint(best, model, None, _state(state, step))
-    return TrainResult(
+    result = TrainResult(
         out_dir=str(out_dir),
         steps=step,
+        planned_steps=step_budget(params, batches.train_tokens, tokens_per_step),
         best_val_loss=state["best_val_loss"],
         best_step=state["best_step"],
         stopped=stopped,
@@ -284,6 +328,17 @@ def train(
         flops=float(model.flops_per_token() * state["tokens_seen"]),
         model_config_json=cfg.to_dict(),
     )
+    if not lead:
+        dist.barrier()  # wait for the lead's final checkpoints
+        return result
+    save_checkpoint(last, model, optimizer, _state(state, step))
+    if world > 1:
+        dist.barrier()
+    if lora is not None:
+        load_checkpoint(best, model, restore_rng=False)
+        merge_lora(model)
+        save_checkpoint(best, model, None, _state(state, step))
+    return result
 
 
 def _lead_clock(seconds: float, world: int, device: str) -> float:
@@ -295,7 +350,7 @@ def _lead_clock(seconds: float, world: int, device: str) -> float:
     return float(clock.item())
 
 
-def _model_config(params: TrainParams, vocab_size: int, init_from: Path | None) -> GPTConfig:
+def model_config(params: TrainParams, vocab_size: int, init_from: Path | None) -> GPTConfig:
     if init_from is None:
         return params.model.build(vocab_size)
     saved = load_config(init_from)

@@ -28,7 +28,10 @@ def load_batches(spec: dict) -> Batches:
     data = spec["data"]
     if data["kind"] == "tokens":
         dtype = np.dtype(data["dtype"]).newbyteorder("<")
-        return Batches(train=_map(data["train"], dtype), val=_map(data["val"], dtype))
+        train, tail = _map(data["train"], dtype), int(data.get("heldout_tail", 0))
+        if tail:  # too few documents for a document split: validate on the training tokens' tail (tokenize.py)
+            return Batches(train=train[: len(train) - tail], val=train[len(train) - tail :])
+        return Batches(train=train, val=_map(data["val"], dtype))
     d = Path(data["dir"])
     return Batches(
         train=np.load(d / "train_ids.npy"),

@@ -68,7 +68,9 @@ def test_early_stopping_when_validation_stops_improving(tmp_path: Path) -> None:
     result = train(tmp_path, BATCHES, params(lr=1e-9, min_lr=0.0, max_steps=200, patience=2), VOCAB)
     assert result.stopped == "early_stopping"
     assert result.steps == 20  # evals at 0 (best), 10 and 20 (no gain) -> stop
-    assert result.best_step == 0
+    history = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lowest = min(history, key=lambda r: r["val_loss"])  # best is the lowest loss, even by less than min_delta
+    assert (result.best_step, result.best_val_loss) == (lowest["step"], lowest["val_loss"])
 
 
 def test_wall_clock_budget(tmp_path: Path) -> None:
@@ -147,7 +149,77 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
 
 
-def test_wall_clock_budget_drives_the_decay() -> None:
-    p = params(max_steps=1000, warmup_steps=0, lr=1.0, min_lr=0.0, max_seconds=100)
-    assert lr_at(10, p, seconds=50) == pytest.approx(0.5)  # halfway by the clock, 1% by steps
-    assert lr_at(10, p, seconds=100) == pytest.approx(0.0)
+def test_schedule_is_a_function_of_steps_alone() -> None:
+    """max_seconds is a guard: it never bends the schedule (a busy machine must not change the model)."""
+    guarded = params(max_steps=1000, warmup_steps=0, lr=1.0, min_lr=0.0, max_seconds=100)
+    plain = params(max_steps=1000, warmup_steps=0, lr=1.0, min_lr=0.0)
+    assert [lr_at(s, guarded) for s in (0, 10, 500, 1000)] == [lr_at(s, plain) for s in (0, 10, 500, 1000)]
+
+
+def _history(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _best_state(out: Path) -> dict:
+    return json.loads((out / "checkpoints" / "best" / "state.json").read_text())["train"]
+
+
+@pytest.mark.parametrize(
+    "stop, kw",
+    [
+        ("max_steps", dict(max_steps=25)),
+        ("early_stopping", dict(max_steps=500, lr=1e-9, min_lr=0.0, patience=2)),
+        ("max_seconds", dict(max_steps=100_000, eval_interval=10**6, max_seconds=1.0)),
+    ],
+)
+def test_every_stop_ends_with_a_validation_of_the_final_weights(tmp_path: Path, stop: str, kw: dict) -> None:
+    result = train(tmp_path, BATCHES, params(**kw), VOCAB)
+    history = _history(tmp_path)
+    assert result.stopped == stop
+    assert history[-1]["step"] == result.steps  # the weights that training ended with were scored
+    lowest = min(history, key=lambda r: r["val_loss"])
+    assert (result.best_step, result.best_val_loss) == (lowest["step"], lowest["val_loss"])
+    assert _best_state(tmp_path)["best_step"] == lowest["step"]
+
+
+def test_a_run_cut_by_the_guard_keeps_its_trained_weights_not_the_initialisation(tmp_path: Path) -> None:
+    """The guard fired before the first scheduled validation: best must be the final weights, not step 0."""
+    result = train(tmp_path, BATCHES, params(max_steps=100_000, eval_interval=10**6, max_seconds=1.0), VOCAB)
+    assert result.stopped == "max_seconds" and result.steps > 10
+    assert result.best_step == result.steps
+    history = _history(tmp_path)
+    assert history[-1]["val_loss"] < history[0]["val_loss"] - 0.3
+
+
+BUSY = "import time\nend = time.monotonic() + 300\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def test_same_weights_on_a_busy_machine(tmp_path: Path) -> None:
+    """The same command on a quiet and on a busy machine (two processes spinning on the cores) trains the same model."""
+    p = params(max_steps=60, max_seconds=3600.0)  # the guard is set, as in the presets, and never fires
+    train(tmp_path / "quiet", BATCHES, p, VOCAB)
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2)]
+    try:
+        train(tmp_path / "busy", BATCHES, p, VOCAB)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    quiet_w = load_file(str(tmp_path / "quiet" / "checkpoints" / "best" / "model.safetensors"))
+    busy_w = load_file(str(tmp_path / "busy" / "checkpoints" / "best" / "model.safetensors"))
+    assert quiet_w.keys() == busy_w.keys()
+    assert all(torch.equal(quiet_w[k], busy_w[k]) for k in quiet_w)
+
+
+def test_max_epochs_caps_the_steps(tmp_path: Path) -> None:
+    p = params(max_steps=1000, max_epochs=0.5, eval_interval=1000)
+    result = train(tmp_path, BATCHES, p, VOCAB)
+    tokens_per_step = 4 * 32
+    assert result.steps == result.planned_steps == int(0.5 * BATCHES.train.size / tokens_per_step)
+
+
+def test_too_few_validation_tokens_is_one_clear_error(tmp_path: Path) -> None:
+    from tasks.errors import TrainingDataError
+
+    with pytest.raises(TrainingDataError, match="the val split has 0 tokens; training needs at least 34"):
+        train(tmp_path, Batches(train=toy_tokens(20_000, 0), val=toy_tokens(0, 1)), params(), VOCAB)

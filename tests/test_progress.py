@@ -1,0 +1,54 @@
+"""Live progress lines: throttled, with rate and ETA, following the real end of a run."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from tasks.progress import LINE_SECONDS, LiveProgress, _RoutineStateLines, format_seconds
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_line_every_interval_with_rate_and_eta() -> None:
+    out, clock = io.StringIO(), Clock()
+    live = LiveProgress("pretrain", 100, unit="steps", stream=out, rate_unit="tokens", rate_scale=1000, clock=clock)
+    live.update(0, loss=8.0)
+    for step in range(1, 51):
+        clock.now = step * 0.5  # 2 steps/s
+        live.update(step, loss=8.0 - step / 100)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 + int(25 // LINE_SECONDS)  # one at the start, then one per interval, not one per step
+    last = lines[-1]
+    assert "pretrain 30/100 steps (30%)" in last and "2,000 tokens/s" in last and "ETA 35s" in last
+
+
+def test_the_bar_follows_the_real_end_when_a_run_stops_early() -> None:
+    out, clock = io.StringIO(), Clock()
+    live = LiveProgress("pretrain", 600, stream=out, clock=clock)
+    live.update(0)
+    clock.now = 100.0
+    live.finish(140)  # early stopping at step 140 of 600
+    assert out.getvalue().splitlines()[-1].startswith("pretrain 140/140 steps (100%)")
+
+
+def test_format_seconds() -> None:
+    assert [format_seconds(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
+
+
+def test_routine_task_state_lines_are_dropped_from_the_terminal_only() -> None:
+    keep = _RoutineStateLines()
+
+    def record(msg: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("prefect.task_runs", level, __file__, 1, msg, None, None)
+
+    assert not keep.filter(record("Finished in state Completed()"))
+    assert not keep.filter(record("Finished in state Cached(type=COMPLETED)"))
+    assert keep.filter(record("quality: 700 in, 650 kept"))
+    assert keep.filter(record("Finished in state Failed('boom')", logging.ERROR))
