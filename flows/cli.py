@@ -78,10 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config.model_copy(update={"workdir": str(Path(config.workdir).resolve())})
 
     if args.command == "serve":
-        from deployments.serve import serve_all
+        from deployments.serve import deployment_parameters, serve_all
 
+        # The deployments name the preset and only what was given here, so a run's partial config keeps them.
+        params = deployment_parameters(args.config, args.overrides, args.workdir and config.workdir, args.source)
         print("serving deployments pipeline/pipeline, curate/curate, refresh/refresh; Ctrl-C stops", file=sys.stderr)
-        serve_all(config, schedule_refresh=not args.no_schedule)
+        serve_all(config, params, schedule_refresh=not args.no_schedule)
         return 0
 
     from flows.runners import build_task_runner

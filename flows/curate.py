@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from flows.runners import default_task_runner
 from flows.config import CurateConfig
 from tasks.bias import BIAS_STAGE
-from tasks.card import CardInputs, card_work, write_card
+from tasks.card import CardInputs, card_work, require_documents, write_card
 from tasks.dataset import DatasetRef
 from tasks.dedup import run_dedup
 from tasks.ingest import run_ingest
@@ -50,6 +50,7 @@ def curate(config: CurateConfig | None = None) -> CuratedCorpus:
 
     # Extract
     raw = run_ingest(workdir, config.ingest, checks, energy)
+    require_documents(raw, [raw])  # sources that give nothing: say so now, in one line
     # Transform: each stage keeps or rejects documents with a reason
     licensed = run_shard_stage(workdir, LICENSE_STAGE, raw, resolve_optouts(config.license, workdir), checks, energy)
     normalized = run_shard_stage(workdir, NORMALIZE_STAGE, licensed, config.normalize, checks, energy)
@@ -60,6 +61,7 @@ def curate(config: CurateConfig | None = None) -> CuratedCorpus:
     corpus = run_dedup(workdir, fair, config.dedup, checks, energy)
     # Report
     stages = [raw, licensed, normalized, identified, good, scrubbed, fair, corpus]
+    require_documents(corpus, stages)  # every document dropped: the message lists by whom, not a card over nothing
     report = CardInputs(license=config.license, bias=config.bias, bias_audit=config.bias_audit, validation=checks)
     card = write_card(card_work(corpus, report), corpus, stages, report)
 

@@ -10,7 +10,9 @@ from pydantic import BaseModel
 from flows.runners import build_task_runner, default_task_runner
 from flows.config import PipelineConfig
 from flows.curate import curate
+from flows.forms import PipelineForm, resolve_config
 from flows.train import Evaluation, TrainedModels, evaluate_flow, train_flow
+from tasks.sources import SourceInput
 
 Until = Literal["curate", "tokenize", "pretrain", "finetune", "evaluate", "export"]
 
@@ -38,9 +40,23 @@ class PipelineResult(BaseModel):
 
 
 @flow(name="pipeline", log_prints=True, persist_result=True, task_runner=default_task_runner())
-def pipeline(config: PipelineConfig | None = None, until: Until = "export") -> PipelineResult:
-    """Raw text to a trained, evaluated, exported model; every stage cached and validated."""
-    config = config or PipelineConfig()
+def pipeline(
+    config: PipelineForm | None = None,
+    until: Until = "export",
+    preset: str | None = None,
+    workdir: str | None = None,
+    sources: list[SourceInput] | None = None,
+) -> PipelineResult:
+    """Raw text to a trained, evaluated, exported model; every stage cached and validated.
+
+    Args:
+        config: What this run changes in the preset; an empty field keeps the preset's value. A full config works too.
+        until: The last stage to run.
+        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; empty: every field's default.
+        workdir: Directory for datasets, models, caches and reports; empty: the preset's.
+        sources: Paths, directories, fsspec URLs or builtin:pydocs (a string is a path); empty: the preset's.
+    """
+    config = resolve_config(PipelineConfig, config, preset, workdir, sources)
     # The data stages run where the config says (threads, Dask, Ray); training has its own launcher.
     curated = curate.with_options(task_runner=build_task_runner(config.runner))(config)
     if until == "curate":

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from flows.config import PipelineConfig
 from flows.curate import curate
+from flows.forms import PipelineForm, RefreshSettingsForm, resolve_config, resolve_settings
 from flows.train import Evaluation, TrainedModels, evaluate_flow
 from models.checkpoint import load_config
 from tasks.dataset import DatasetRef, file_sha256, is_complete
@@ -50,6 +51,7 @@ from tasks.refresh import (
     write_ledger,
 )
 from tasks.sft import run_sft_data
+from tasks.sources import SourceInput
 from tasks.license import LicenseParams, resolve_optouts
 from tasks.stage import plan_stage
 from tasks.tokenize import TOKENIZER_FILE, TokenDatasetRef, TokenizeParams, run_tokenize
@@ -82,11 +84,26 @@ class RefreshResult(BaseModel):
 
 
 @flow(name="refresh", log_prints=True, persist_result=True)
-def refresh(config: PipelineConfig | None = None, settings: RefreshSettings | None = None) -> RefreshResult:
+def refresh(
+    config: PipelineForm | None = None,
+    settings: RefreshSettingsForm | None = None,
+    preset: str | None = None,
+    workdir: str | None = None,
+    sources: list[SourceInput] | None = None,
+) -> RefreshResult:
     """Nightly: new files -> curate -> dedup against earlier versions -> tokenize -> replay mix ->
-    continued pretraining -> evaluate/promote -> commit corpus version."""
-    config = config or PipelineConfig()
-    settings = settings or getattr(config, "refresh", None) or RefreshSettings()
+    continued pretraining -> evaluate/promote -> commit corpus version.
+
+    Args:
+        config: What this run changes in the preset; an empty field keeps the preset's value. A full config works too.
+        settings: Replay, cross-version dedup and promotion of this refresh; empty fields keep the preset's
+            refresh section. The nightly schedule is the deployment's, not a run's.
+        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; empty: every field's default.
+        workdir: Directory for corpus versions, datasets, models and reports; empty: the preset's.
+        sources: Paths, directories, fsspec URLs (a string is a path); new files in them are ingested.
+    """
+    config = resolve_config(PipelineConfig, config, preset, workdir, sources)
+    settings = resolve_settings(config, settings)
     config = config.model_copy(update={"workdir": str(Path(config.workdir).resolve())})
     workdir, checks = config.workdir, config.validation
     logger = get_run_logger()

@@ -19,6 +19,7 @@ from tasks.modeling import ModelRef, evaluate_model, export_model, finetune_mode
 from tasks.model_card import render_model_card
 from tasks.withdraw import withdrawal_report
 from tasks.sft import SftDatasetRef, run_sft_data
+from tasks.results import PERSISTED_RESULTS
 from tasks.stage import plan_stage
 from tasks.tokenize import TokenDatasetRef, run_tokenize
 
@@ -32,7 +33,7 @@ class TrainedModels(BaseModel):
     sft: str | None = None
 
 
-@flow(name="train", log_prints=True, persist_result=True, task_runner=default_task_runner())
+@flow(name="train", log_prints=True, persist_result=True, **PERSISTED_RESULTS, task_runner=default_task_runner())
 def train_flow(config: PipelineConfig, corpus: str, until: str = "finetune") -> TrainedModels:
     """Tokenize the corpus, pretrain on next-token prediction, then fine-tune on pairs."""
     workdir, checks = config.workdir, config.validation
@@ -64,7 +65,7 @@ class Evaluation(BaseModel):
     reasons: list[str]
 
 
-@flow(name="evaluate", log_prints=True, persist_result=True, task_runner=default_task_runner())
+@flow(name="evaluate", log_prints=True, persist_result=True, **PERSISTED_RESULTS, task_runner=default_task_runner())
 def evaluate_flow(
     config: PipelineConfig,
     models: TrainedModels,
@@ -120,7 +121,7 @@ def run_energy(corpus_card: str | None, tokens: str | None, model_dirs: list[str
     return blocks
 
 
-@task
+@task(persist_result=False)  # nothing to reuse: no record to read back
 def publish_energy(blocks: dict[str, Any]) -> list[dict[str, Any]]:
     """One table per run: time, energy and CO2 of every curation stage and training run, and the total."""
     rows = energy_table(blocks)
@@ -128,7 +129,7 @@ def publish_energy(blocks: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-@task(retries=2, retry_delay_seconds=[1, 5])
+@task(retries=2, retry_delay_seconds=[1, 5], persist_result=False)  # nothing to reuse: no record to read back
 def promote(workdir: str, hf_dir: str, metrics: dict[str, Any]) -> tuple[bool, list[str]]:
     """Move the promoted-model pointer to this export if the gate passed; else keep the old one and say why."""
     logger = get_run_logger()

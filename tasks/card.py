@@ -20,6 +20,7 @@ from data_quality import DataQualityError, ValidationSettings
 from tasks.bias import BiasAuditParams, BiasParams, audit_to_json, bias_audit, fairness_violations, render_bias_markdown
 from tasks.dataset import DatasetRef, atomic_write_text, fingerprint, write_json
 from tasks.energy import energy_markdown, energy_table
+from tasks.errors import UserError
 from tasks.license import LicenseParams, policy_summary, render_policy_markdown
 from tasks.mixture import diversity, render_diversity_markdown
 from tasks.stage import StageWork, stage_task
@@ -78,6 +79,32 @@ def skipped_files_summary(stages: list[DatasetRef]) -> dict[str, Any]:
     for entry in skipped:
         by_reason[entry["reason"]] = by_reason.get(entry["reason"], 0) + 1
     return {"files_read": ingest.get("files", 0), "skipped": len(skipped), "by_reason": by_reason, "examples": skipped[:10]}
+
+
+class EmptyCorpusError(UserError):
+    """A curate whose sources gave no documents, or whose stages dropped every one."""
+
+
+def require_documents(dataset: DatasetRef, stages: list[DatasetRef]) -> None:
+    """Stop at an empty dataset with one line saying why, instead of reporting (and training) on nothing."""
+    if dataset.manifest()["rows"] == 0:
+        raise EmptyCorpusError(empty_corpus_message(stages))
+
+
+def empty_corpus_message(stages: list[DatasetRef]) -> str:
+    """One line: files read and skipped (with reasons and examples), then what each stage dropped."""
+    files = skipped_files_summary(stages)
+    line = f"no documents: {files['files_read']:,} files read, {files['skipped']:,} skipped"
+    if files["skipped"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(files["by_reason"].items(), key=lambda kv: -kv[1]))
+        examples = ", ".join(Path(e["file"]).name for e in files["examples"][:3])
+        line += f" (reasons: {reasons}; e.g. {examples})"
+    for ref in stages:
+        stats = ref.stats()
+        if stats["rejected"]:
+            top = sorted(stats["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:3]
+            line += f"; {ref.stage} dropped {stats['rejected']:,} of {stats['in']:,} ({', '.join(f'{k} {v}' for k, v in top)})"
+    return line + ". Check the sources (supported: .txt .md .jsonl[.gz|.zst] .parquet .csv) and the filters' settings."
 
 
 def render_skipped_markdown(summary: dict[str, Any]) -> list[str]:

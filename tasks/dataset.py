@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks.energy import merge_energy
-from tasks.files import atomic_write_text, write_json  # noqa: F401 - part of the dataset API
+from tasks.files import atomic_path, atomic_write_text, write_json  # noqa: F401 - part of the dataset API
 
 MANIFEST = "manifest.json"
 STATS = "stats.json"
@@ -132,10 +132,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def write_parquet(df: pl.DataFrame, path: Path) -> None:
     """Write a shard atomically (tmp + rename), so a killed writer leaves no half shard."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.write_parquet(tmp, compression=COMPRESSION, statistics=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp, compression=COMPRESSION, statistics=False)
 
 
 

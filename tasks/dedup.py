@@ -31,7 +31,7 @@ the same clusters.parquet as ``cluster_frame`` (the in-memory reference, which h
 signature and band key: 560 B/document of data, ~2.5 KB/document peak RSS measured):
 
 - ``polars`` (default, ``cluster_files``): a shuffle through sorted runs on disk under
-  ``<stage dir>/spill/``. Map passes write (key, position) runs per ~1M documents: the exact
+  ``<stage dir>/spill-<random>/`` (one per run: two runs never share it). Map passes write (key, position) runs per ~1M documents: the exact
   hash, and each band's key alone; reduce steps read one key range of one band at a time
   (row groups outside the range are skipped by their min/max), group it, write its candidate
   pairs; pairs are deduplicated per range of the first position, get both documents' shingle
@@ -53,6 +53,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_quality import ValidationSettings
 from tasks.dataset import COMPRESSION, DatasetRef, shard_name, write_json, write_parquet
+from tasks.files import atomic_path
 from tasks.minhash import band_hashes, minhash_signatures, normalize_expr, shingle_sets, signature_dtype
 from tasks.energy import EnergySettings, merge_energy, track
 from tasks.stage import ShardStage, StageWork, finalize_stage, map_shards, plan_stage, stage_task
@@ -571,8 +573,23 @@ def _write_clusters(paths: list[str], heights: list[int], labels: np.ndarray, pa
     roots, sizes = np.unique(dup_roots, return_counts=True)  # kept documents of clusters, duplicates per cluster
     del dup_roots
     kept = column_loader(paths, heights, ["id", "hash"])(roots) if roots.size else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    with atomic_path(out) as tmp:
+        exact_total = _write_cluster_rows(paths, heights, labels, roots, kept, params, tmp)
+    duplicates = int(sizes.sum())
+    return {
+        "clusters": int(roots.size),
+        "duplicates": duplicates,
+        "exact_duplicates": exact_total,
+        "near_duplicates": duplicates - exact_total,
+        "largest_cluster": int(sizes.max()) + 1 if sizes.size else int(n > 0),
+    }
+
+
+def _write_cluster_rows(
+    paths: list[str], heights: list[int], labels: np.ndarray, roots: np.ndarray, kept: pl.DataFrame | None,
+    params: DedupParams, tmp: Path,
+) -> int:
+    """Stream one cluster row per document into ``tmp``; returns the number of exact duplicates."""
     writer = None
     exact_total = 0
     start = 0
@@ -596,15 +613,7 @@ def _write_clusters(paths: list[str], heights: list[int], labels: np.ndarray, pa
         pl.DataFrame(schema=CLUSTER_SCHEMA).write_parquet(tmp, compression=COMPRESSION, statistics=False)
     else:
         writer.close()
-    os.replace(tmp, out)
-    duplicates = int(sizes.sum())
-    return {
-        "clusters": int(roots.size),
-        "duplicates": duplicates,
-        "exact_duplicates": exact_total,
-        "near_duplicates": duplicates - exact_total,
-        "largest_cluster": int(sizes.max()) + 1 if sizes.size else int(n > 0),
-    }
+    return exact_total
 
 
 def _attach(pairs: pl.DataFrame, key: str, name: str, paths: list[str], starts: np.ndarray, column: str, first: int = 0):
@@ -961,7 +970,9 @@ def find_clusters(
         if params.engine == "dask":
             counts = cluster_files_dask(signatures, params, path)
         else:
-            counts = cluster_files(signatures, params, path, Path(work.out_dir) / "spill")
+            # a spill directory of its own: a second run on this workdir must not delete this one's runs
+            spill = tempfile.mkdtemp(prefix="spill-", dir=work.out_dir)
+            counts = cluster_files(signatures, params, path, spill)
     info = {"path": str(path), **counts, "seconds": round(time.perf_counter() - start, 4), "energy": used.to_json()}
     write_json(work.marker, info)  # last
     get_run_logger().info(

@@ -74,9 +74,12 @@ def doc_id(source: str, relpath: str, position: str) -> str:
 def source_fingerprints(files: list[SourceFile]) -> list[str]:
     """What ingest's output depends on: every file's path, size and mtime (like make)."""
     entries = []
+    builtin_inputs: dict[str, str] = {}  # one look at the installed distributions per builtin source, not per unit
     for f in files:
         if f.source.path in BUILTINS:
-            entries.append(f"{f.source.model_dump_json()}|{f.path}|{pydocs_fingerprint_input()}")
+            if f.source.path not in builtin_inputs:
+                builtin_inputs[f.source.path] = pydocs_fingerprint_input(f.source.path)
+            entries.append(f"{f.source.model_dump_json()}|{f.path}|{builtin_inputs[f.source.path]}")
         else:
             entries.append(f"{f.source.model_dump_json()}|{f.path}|{f.size}|{f.mtime}")
     return [hashlib.sha256("\n".join(entries).encode()).hexdigest()]

@@ -497,7 +497,8 @@ def resolve_optouts(params: LicenseParams, workdir: str | Path) -> LicenseParams
     canonical = "\n".join(f"{k}\t{v}" for k, v in sorted(zip(registry["kind"], registry["value"])))
     sha = hashlib.sha256(canonical.encode()).hexdigest()
     snap = Path(workdir) / "optout_snapshots" / f"{sha[:20]}.json"
-    atomic_write_text(snap, json.dumps(registry.to_dicts(), sort_keys=True))
+    if not snap.is_file():  # named by its content: an existing snapshot is this one (a read-only workdir stays usable)
+        atomic_write_text(snap, json.dumps(registry.to_dicts(), sort_keys=True))
     return params.model_copy(update={"optout_sha256": sha, "optout_snapshot": str(snap)})
 
 

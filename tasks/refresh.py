@@ -191,7 +191,7 @@ def file_key(label: str, path: str) -> str:
 def content_sha256(file: SourceFile) -> str:
     """sha256 of a source file's bytes (streamed); the builtin corpus hashes its Python build instead."""
     if file.source.path in BUILTINS:
-        return hashlib.sha256(f"{file.source.path}|{file.path}|{pydocs_fingerprint_input()}".encode()).hexdigest()
+        return hashlib.sha256(f"{file.source.path}|{file.path}|{pydocs_fingerprint_input(file.source.path)}".encode()).hexdigest()
     h = hashlib.sha256()
     with fsspec.open(file.path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -30,8 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.license import license_from_record, normalize_license, url_from_record
 
-BUILTIN_PYDOCS = "builtin:pydocs"  # stdlib docstrings + installed packages' long descriptions (~3 MB)
-BUILTIN_PYDOCS_PACKAGES = "builtin:pydocs-packages"  # docstrings of every installed package (tens of MB)
+# The default corpus depends on the Python build only, so a `pip install` changes no cache key.
+BUILTIN_PYDOCS = "builtin:pydocs"  # the standard library's docstrings
+# Opt-in: changes with every install. Docstrings and long descriptions of the installed packages (tens of MB).
+BUILTIN_PYDOCS_PACKAGES = "builtin:pydocs-packages"
 BUILTINS = (BUILTIN_PYDOCS, BUILTIN_PYDOCS_PACKAGES)
 BINARY_SNIFF_BYTES = 8192
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".markdown", ".rst")
@@ -140,8 +142,7 @@ def list_source_files(spec: SourceSpec) -> tuple[list[SourceFile], list[dict[str
         if spec.files is not None and relpath not in spec.files:
             continue
         info = fs.info(p)
-        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or 0
-        files.append(SourceFile(spec, url, relpath, int(info.get("size") or 0), _as_float(mtime), fmt))
+        files.append(SourceFile(spec, url, relpath, int(info.get("size") or 0), _as_float(_version_stamp(info)), fmt))
     return files, skipped
 
 
@@ -202,11 +203,22 @@ def _os_error_detail(e: OSError) -> str:
     return f"{type(e).__name__}: {e.strerror or e}"
 
 
+def _version_stamp(info: dict) -> object:
+    """What changes when a file changes: mtime locally, LastModified on S3, ETag or Last-Modified over HTTP."""
+    for key in ("mtime", "LastModified", "last_modified", "ETag", "Last-Modified"):
+        if info.get(key):
+            return info[key]
+    return 0
+
+
 def _as_float(value: object) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return float(hashlib.sha1(str(value).encode()).hexdigest()[:8], 16) if value else 0.0
+        if hasattr(value, "timestamp"):  # S3's LastModified is a datetime
+            return float(value.timestamp())  # type: ignore[union-attr]
+        # An HTTP date or ETag: any stable number that changes with it will do.
+        return float(int(hashlib.sha1(str(value).encode()).hexdigest()[:12], 16)) if value else 0.0
 
 
 def open_binary(path: str) -> IO[bytes]:
@@ -700,15 +712,14 @@ PYDOCS_ROOTS = {"stdlib": "stdlib", "packages": "purelib"}
 
 
 def pydocs_units(spec: SourceSpec) -> list[SourceFile]:
-    """The builtin corpus in stable groups: stdlib modules, installed packages, package metadata."""
-    units = []
-    kinds = ["stdlib"] if spec.path == BUILTIN_PYDOCS else ["packages"]
-    for kind in kinds:
-        files = _pydocs_files(kind)
-        for g in range(0, len(files), PYDOCS_GROUP_FILES):
-            n = g // PYDOCS_GROUP_FILES
-            units.append(SourceFile(spec, f"{kind}:{n}", f"{kind}/{n}", 0, 0.0, "pydocs"))
-    if spec.path == BUILTIN_PYDOCS:
+    """The builtin corpus in stable groups: stdlib modules; or installed packages and their metadata."""
+    kind = "stdlib" if spec.path == BUILTIN_PYDOCS else "packages"
+    files = _pydocs_files(kind)
+    units = [
+        SourceFile(spec, f"{kind}:{n}", f"{kind}/{n}", 0, 0.0, "pydocs")
+        for n in range((len(files) + PYDOCS_GROUP_FILES - 1) // PYDOCS_GROUP_FILES)
+    ]
+    if kind == "packages":
         units.append(SourceFile(spec, "metadata:0", "metadata/0", 0, 0.0, "pydocs"))
     return units
 
@@ -721,8 +732,10 @@ def _pydocs_files(kind: str) -> list[str]:
     return sorted(_python_files(root, skip_site=False)) if root.is_dir() else []
 
 
-def pydocs_fingerprint_input() -> str:
-    """What the builtin corpus depends on: the Python build and the installed distributions."""
+def pydocs_fingerprint_input(path: str = BUILTIN_PYDOCS_PACKAGES) -> str:
+    """What a builtin corpus depends on: the Python build; for the packages' corpus, the installed distributions too."""
+    if path == BUILTIN_PYDOCS:
+        return hashlib.sha256(f"{sys.version}|{sys.implementation.cache_tag}".encode()).hexdigest()
     dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
     return hashlib.sha256("\n".join([sys.version, *dists]).encode()).hexdigest()
 

@@ -24,6 +24,8 @@ from prefect.futures import as_completed
 from data_quality import DataQualityError, ValidationSettings, validate_shard, validate_stage
 from tasks.energy import EnergySettings, track
 from tasks.errors import UserError
+from tasks.files import disk_errno
+from tasks.results import PERSISTED_RESULTS, refuse_foreign_record
 from tasks.progress import LiveProgress
 from tasks.dataset import (
     DatasetRef,
@@ -115,6 +117,8 @@ class StageOutputCache(CachePolicy):
         key = work.cache_key
         if not work.done():
             expire_record(task_ctx.result_store, key)
+        else:  # a record Prefect would unpickle (a planted file) is deleted before it is looked up
+            refuse_foreign_record(task_ctx.result_store, key)
         return key
 
 
@@ -136,13 +140,13 @@ STAGE_CACHE = StageOutputCache()
 
 
 def is_not_data_quality_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient failures; a failed expectation fails the same way every time."""
+    """Retry transient failures; a failed expectation, or a full or read-only disk, fails the same way every time."""
     try:
         state.result()
     except (DataQualityError, UserError):
         return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return disk_errno(exc) is None
     return True
 
 
@@ -152,6 +156,7 @@ stage_task = task(
     retry_delay_seconds=RETRY_DELAYS,
     retry_condition_fn=is_not_data_quality_error,
     persist_result=True,
+    **PERSISTED_RESULTS,  # typed JSON, never a pickle: a cache hit runs no code from the record
 )
 
 

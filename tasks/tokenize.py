@@ -42,6 +42,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -62,6 +63,7 @@ from tasks.dataset import (
     write_json,
     write_parquet,
 )
+from tasks.files import atomic_path
 from tasks.bpe import (  # noqa: F401 - SpecialTokens, train_bpe, token_dtype are part of this stage's API
     SpecialTokens,
     load_tokenizer,
@@ -251,9 +253,8 @@ def _make_tokenizer(out: Path, corpus: DatasetRef, params: TokenizeParams) -> di
 
         tok = train_bpe(counted(), params.vocab_size, params.min_frequency, special)
         info = {"source": "trained", "sample_docs": sampled["docs"], "sample_bytes": sampled["bytes"]}
-    tmp = out / f".{TOKENIZER_FILE}.tmp"
-    tok.save(str(tmp))
-    os.replace(tmp, out / TOKENIZER_FILE)
+    with atomic_path(out / TOKENIZER_FILE) as tmp:
+        tok.save(str(tmp))
     info.update(
         path=str(out / TOKENIZER_FILE),
         vocab_size=vocab_size_of(tok),
@@ -297,40 +298,39 @@ def _encode(work: StageWork, part: str, limit: int | None, tokenizer_path: str, 
     dtype = token_dtype(vocab_size_of(tok))
     docs = _read_docs(Path(part), limit, extra=("source", "lang"))
     index: list[pl.DataFrame] = []
-    tmp = {s: paths[s].with_name(f".{paths[s].name}.tmp") for s in SPLITS}
-    files = {s: open(tmp[s], "wb") for s in SPLITS}
-    try:
-        for lo in range(0, docs.height, ENCODE_BATCH_DOCS):
-            batch = docs.slice(lo, ENCODE_BATCH_DOCS)
-            ids, texts = batch["id"].to_list(), batch["text"].to_list()
-            encoded = tok.encode_batch_fast(texts, add_special_tokens=False)
-            arrays = [np.array(e.ids + [eot], dtype=dtype) for e in encoded]
-            splits = assign_split(ids, params.val_fraction, params.split_seed)
-            for s in SPLITS:
-                chosen = [a for a, sp in zip(arrays, splits) if sp == s]
-                if chosen:
-                    files[s].write(np.concatenate(chosen).tobytes())
-            index.append(
-                pl.DataFrame(
-                    {
-                        "id": ids,
-                        "split": splits,
-                        "tokens": [len(a) for a in arrays],
-                        "bytes": batch["text"].str.len_bytes().cast(pl.Int64),
-                        "source": batch["source"],
-                        "lang": batch["lang"],
-                    },
-                    schema=_DOC_INDEX_SCHEMA,
+    with ExitStack() as renames:  # both .bin files are renamed into place once both are written
+        tmp = {s: renames.enter_context(atomic_path(paths[s])) for s in SPLITS}
+        files = {s: open(tmp[s], "wb") for s in SPLITS}
+        try:
+            for lo in range(0, docs.height, ENCODE_BATCH_DOCS):
+                batch = docs.slice(lo, ENCODE_BATCH_DOCS)
+                ids, texts = batch["id"].to_list(), batch["text"].to_list()
+                encoded = tok.encode_batch_fast(texts, add_special_tokens=False)
+                arrays = [np.array(e.ids + [eot], dtype=dtype) for e in encoded]
+                splits = assign_split(ids, params.val_fraction, params.split_seed)
+                for s in SPLITS:
+                    chosen = [a for a, sp in zip(arrays, splits) if sp == s]
+                    if chosen:
+                        files[s].write(np.concatenate(chosen).tobytes())
+                index.append(
+                    pl.DataFrame(
+                        {
+                            "id": ids,
+                            "split": splits,
+                            "tokens": [len(a) for a in arrays],
+                            "bytes": batch["text"].str.len_bytes().cast(pl.Int64),
+                            "source": batch["source"],
+                            "lang": batch["lang"],
+                        },
+                        schema=_DOC_INDEX_SCHEMA,
+                    )
                 )
-            )
-        for f in files.values():
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        for f in files.values():
-            f.close()
-    for s in SPLITS:
-        os.replace(tmp[s], paths[s])
+            for f in files.values():
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            for f in files.values():
+                f.close()
     doc_index = pl.concat(index) if index else pl.DataFrame(schema=_DOC_INDEX_SCHEMA)
     write_parquet(doc_index, paths["docs"])
     stats: dict[str, Any] = {"shard": work.unit, "part": part, "docs": docs.height}
@@ -412,14 +412,12 @@ class TokenDatasetRef:
 
 def _concat_files(sources: Sequence[Path], dest: Path) -> None:
     """Streaming concatenation into ``dest`` (tmp + rename): memory is one copy block."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(tmp, "wb") as out:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
         for src in sources:
             with open(src, "rb") as f:
                 shutil.copyfileobj(f, out, COPY_BLOCK)
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, dest)
 
 
 def _shard_index(out: Path, names: Sequence[str]) -> pl.DataFrame:
@@ -462,9 +460,8 @@ def _write_ranges(dest: Path, order: pl.DataFrame, arrays: Sequence[Path], dtype
         .agg(pl.col("shard").first(), pl.col("local").first(), pl.col("tokens").sum())
     )
     step = max(1, COPY_BLOCK // dtype.itemsize)
-    tmp = dest.with_name(f".{dest.name}.tmp")
     current: tuple[int, np.ndarray] | None = None
-    with open(tmp, "wb", buffering=COPY_BLOCK) as f:
+    with atomic_path(dest) as tmp, open(tmp, "wb", buffering=COPY_BLOCK) as f:
         for shard, lo, n in runs.select("shard", "local", "tokens").iter_rows():
             if current is None or current[0] != shard:
                 current = None  # drop the previous map before opening the next
@@ -477,7 +474,6 @@ def _write_ranges(dest: Path, order: pl.DataFrame, arrays: Sequence[Path], dtype
         current = None
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, dest)
 
 
 def build_meta(

@@ -153,3 +153,43 @@ def test_planted_violation_stops_the_flow_at_the_right_stage(tmp_path: Path, cor
     datasets = workdir / "datasets"
     assert (datasets / "quality").is_dir() and not (datasets / "dedup").exists()
     assert not list((datasets / "pii").glob("*/manifest.json"))
+
+
+def test_links_that_cannot_be_read_and_invisible_characters_show_in_stats_and_card(tmp_path: Path, corpus_dir: Path) -> None:
+    (corpus_dir / "loop_a.txt").symlink_to(corpus_dir / "loop_b.txt")
+    (corpus_dir / "loop_b.txt").symlink_to(corpus_dir / "loop_a.txt")
+    (corpus_dir / "dangling.jsonl").symlink_to(tmp_path / "moved_away.jsonl")
+    c4 = corpus_dir / "c4.jsonl"
+    lines = c4.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["text"] = first["text"].replace(" ", " \u200b", 3) + " \u202eevil\u202c"
+    c4.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+
+    result, states = run(config_for(tmp_path / "work", corpus_dir))
+    assert set(states.values()) == {"Completed"}
+    ingest = json.loads((Path(result.stages["ingest"]) / "stats.json").read_text())
+    assert ingest["skipped_by_reason"] == {"ingest_broken_symlink": 1, "ingest_symlink_loop": 2}
+    normalize = json.loads((Path(result.stages["normalize"]) / "stats.json").read_text())
+    assert normalize["counts"] == {"invisible_chars_stripped": 5}
+    card = (Path(result.corpus) / "card.md").read_text()
+    assert "ingest_symlink_loop 2" in card and "dangling.jsonl" in card
+    assert "| normalize | invisible_chars_stripped | 5 |" in card
+    corpus = result.corpus_ref().read()
+    assert not corpus["text"].str.contains("[\u200b\u202e\u202c]").any()
+
+
+def test_sources_without_documents_stop_with_one_clear_error(tmp_path: Path) -> None:
+    from tasks.card import EmptyCorpusError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (src / "archive.7z").write_bytes(b"7z\xbc\xaf")
+    (src / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    state = curate(config_for(tmp_path / "work", src), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(EmptyCorpusError) as e:
+        state.result()
+    message = str(e.value)
+    assert message.startswith("no documents: 0 files read, 3 skipped (reasons: ingest_unsupported_format 2, ingest_broken_symlink 1")
+    assert "\n" not in message and "photo.png" in message

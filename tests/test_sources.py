@@ -308,3 +308,29 @@ def test_csv_malformed_rows_are_rejected_with_their_line_numbers(tmp_path: Path)
         ("a quoted\nmulti-line field", "e"),
         ("last", "f"),
     ]
+
+
+def test_builtin_pydocs_does_not_change_when_a_package_is_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default corpus is the standard library's docstrings: installing a package changes
+    neither its files nor its fingerprint (the cache key). The packages' corpus is opt-in."""
+    from tasks.ingest import source_fingerprints
+
+    def snapshot(path: str) -> tuple[list[str], list[str]]:
+        files, _ = list_source_files(SourceSpec(path=path))
+        return [f.path for f in files], source_fingerprints(files)
+
+    stdlib_before, packages_before = snapshot("builtin:pydocs"), snapshot("builtin:pydocs-packages")
+    # "pip install" a distribution: importlib.metadata finds it on sys.path.
+    dist = tmp_path / "planted_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: planted-pkg\nVersion: 1.0\n\n"
+        "A planted package whose long description must not enter the default corpus.\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert snapshot("builtin:pydocs") == stdlib_before
+    assert not any(p.startswith("metadata:") for p in stdlib_before[0])
+    packages_after = snapshot("builtin:pydocs-packages")
+    assert packages_after[1] != packages_before[1]
+    metadata_unit = next(f for f in list_source_files(SourceSpec(path="builtin:pydocs-packages"))[0] if f.path == "metadata:0")
+    assert any("planted package" in r.text for r in read_records(metadata_unit, MAX, "file"))

@@ -1,0 +1,202 @@
+"""Persisted Prefect results as typed JSON, read back only from records lmwright wrote.
+
+Prefect persists a task's (or flow's) result as a record file whose metadata names the
+serializer to read it with. Its default is cloudpickle, and even with ``result_serializer="json"``
+a record that *says* "pickle" is unpickled, and Prefect's "json" decoder builds any importable
+class the file names. Whoever could replace a record under PREFECT_HOME ran code in the next
+run that hit that cache. lmwright's results are small typed records (dataclasses such as
+DatasetRef and ShardStats, pydantic models, dicts of numbers and strings), so:
+
+- ``TypedJSONSerializer`` writes them as JSON, each dataclass or pydantic model tagged with its
+  class, and reads back only dataclasses and pydantic models defined in lmwright's own packages:
+  no pickle, no import of anything else, no other constructor.
+- ``refuse_foreign_record`` runs before Prefect looks a cached result up (in the stage cache
+  policy) and deletes a record that names any other serializer, with a warning: Prefect then
+  sees no record, the task runs again and its fresh result replaces the planted file.
+
+Tasks and flows with persisted results take ``**PERSISTED_RESULTS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.logging import get_logger
+from prefect.serializers import Serializer
+from pydantic import BaseModel, Field
+from pydantic_core import to_jsonable_python
+
+SERIALIZER_TYPE = "lmwright-json"
+# Only classes from these packages are rebuilt from a record: lmwright's own code.
+RESULT_PACKAGES = ("tasks", "flows", "models", "data_quality", "deployments")
+# Keys that tag a JSON object as something other than a plain dict.
+TYPE_TAG, FIELDS, TUPLE_TAG, DICT_TAG, ERROR_TAG = "__type__", "fields", "__tuple__", "__dict__", "__error__"
+RESERVED = {TYPE_TAG, TUPLE_TAG, DICT_TAG, ERROR_TAG}
+
+logger = get_logger("lmwright.results")
+
+
+class UnsafeResultError(ValueError):
+    """A persisted result that lmwright did not write, or that names a type it does not rebuild."""
+
+
+class PersistedFailure(RuntimeError):
+    """A failed run's exception read back from its record: its type's name and message, never its class."""
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def class_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def encode(value: Any, in_model: bool = False) -> Any:
+    """``value`` as JSON data; dataclasses and pydantic models tagged with their class."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [encode(v, in_model) for v in value]
+        return {TUPLE_TAG: items} if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"result dicts need string keys, got {sorted({type(k).__name__ for k in value})}")
+        items = {k: encode(v, in_model) for k, v in value.items()}
+        return {DICT_TAG: items} if RESERVED & items.keys() else items
+    if isinstance(value, BaseModel):  # field by field: Field(exclude=True) values survive too
+        fields = {name: encode(getattr(value, name), in_model=True) for name in type(value).model_fields}
+        return {TYPE_TAG: class_name(type(value)), FIELDS: fields}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: encode(getattr(value, f.name), in_model) for f in dataclasses.fields(value) if f.init}
+        return {TYPE_TAG: class_name(type(value)), FIELDS: fields}
+    if isinstance(value, BaseException):  # Prefect persists a failed run's exception too
+        return {ERROR_TAG: {"type": class_name(type(value)), "message": str(value)}}
+    if in_model:  # Path, datetime, enum ...: the model's validation turns them back into their type
+        return to_jsonable_python(value)
+    raise TypeError(f"cannot persist a {type(value).__name__} as a typed JSON result")
+
+
+def decode(data: Any) -> Any:
+    """The inverse of ``encode``; refuses any class outside lmwright's packages."""
+    if isinstance(data, list):
+        return [decode(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if TUPLE_TAG in data:
+        return tuple(decode(v) for v in data[TUPLE_TAG])
+    if DICT_TAG in data:
+        return {k: decode(v) for k, v in data[DICT_TAG].items()}
+    if ERROR_TAG in data:
+        error = data[ERROR_TAG]
+        return PersistedFailure(f"{error.get('type')}: {error.get('message')}")
+    if TYPE_TAG in data:
+        cls = result_class(data[TYPE_TAG])
+        fields = {k: decode(v) for k, v in data.get(FIELDS, {}).items()}
+        return cls.model_validate(fields) if issubclass(cls, BaseModel) else cls(**fields)
+    return {k: decode(v) for k, v in data.items()}
+
+
+def result_class(name: Any) -> type:
+    """The dataclass or pydantic model ``module:Qualname`` names, if lmwright defines it; else refuse."""
+    module, _, qualname = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not qualname or module.split(".")[0] not in RESULT_PACKAGES:
+        raise UnsafeResultError(f"a persisted result names type {name!r}, which is not one of lmwright's: refused")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise UnsafeResultError(f"a persisted result names type {name!r}, which does not exist ({e})") from None
+    if not isinstance(obj, type) or not (issubclass(obj, BaseModel) or dataclasses.is_dataclass(obj)):
+        raise UnsafeResultError(f"a persisted result names {name!r}, which is not a dataclass or pydantic model: refused")
+    return obj
+
+
+class TypedJSONSerializer(Serializer):
+    """Prefect serializer for lmwright's results: tagged JSON, rebuilt only as lmwright's own types."""
+
+    type: str = Field(default=SERIALIZER_TYPE, frozen=True)
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps(encode(obj), sort_keys=True).encode()
+
+    def loads(self, blob: bytes) -> Any:
+        try:
+            return decode(json.loads(blob))
+        except UnsafeResultError as e:
+            logger.warning("%s; the task runs again", e)
+            raise
+
+
+# --- records on disk ----------------------------------------------------------------------
+
+
+def check_record(content: bytes, where: str) -> None:
+    """Raise UnsafeResultError unless ``content`` is a record that names TypedJSONSerializer.
+
+    Content that is not JSON at all (a record being written, a truncated file) passes: Prefect
+    cannot parse it either and falls back to the task's serializer, which is ours.
+    """
+    try:
+        record = json.loads(content)
+    except ValueError:
+        return
+    meta = record.get("metadata") if isinstance(record, dict) else None
+    serializer = meta.get("serializer") if isinstance(meta, dict) else None
+    if serializer != {"type": SERIALIZER_TYPE}:
+        kind = serializer.get("type") if isinstance(serializer, dict) else None
+        raise UnsafeResultError(
+            f"result record {where} was not written by lmwright (serializer {kind!r}, expected "
+            f"{SERIALIZER_TYPE!r}): refused and deleted, never deserialized; the task runs again"
+        )
+
+
+def refuse_foreign_record(store: Any, key: str) -> None:
+    """Delete the record under ``key`` in ``store`` unless lmwright's serializer wrote it.
+
+    Prefect reads a record with the serializer the record itself names, so a planted pickle
+    would be unpickled whatever the task's ``result_serializer`` says: the check runs before
+    Prefect looks the key up (in the cache policy), and a deleted record is a cache miss.
+    """
+    storage = getattr(store, "result_storage", None)
+    if storage is None:
+        return
+    try:
+        content = storage.read_path(key, _sync=True)
+    except (OSError, ValueError):  # no record under the key (LocalFileSystem says ValueError)
+        return
+    try:
+        check_record(content, key)
+    except UnsafeResultError as e:
+        logger.warning("%s", e)
+        _delete_record(storage, key)
+
+
+def _delete_record(storage: Any, key: str) -> None:
+    fs = getattr(storage, "filesystem", None)
+    path = storage._resolve_path(key)
+    if fs is not None:  # a RemoteFileSystem block (fsspec)
+        fs.rm(str(path))
+    else:
+        Path(path).unlink(missing_ok=True)
+
+
+RESULT_SERIALIZER = TypedJSONSerializer()
+# For @task and @flow: results persisted as typed JSON. Prefect only accepts storage blocks saved
+# on a server, so the check on records read back lives in the cache policy (tasks.stage).
+PERSISTED_RESULTS: dict[str, Any] = {"result_serializer": RESULT_SERIALIZER}
+
+__all__ = [
+    "PERSISTED_RESULTS",
+    "PersistedFailure",
+    "RESULT_SERIALIZER",
+    "refuse_foreign_record",
+    "TypedJSONSerializer",
+    "UnsafeResultError",
+    "decode",
+    "encode",
+]
