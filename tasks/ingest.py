@@ -27,6 +27,7 @@ from tasks.sources import (
     Record,
     Rejected,
     SourceFile,
+    SourceInput,
     SourceSpec,
     list_source_files,
     pydocs_fingerprint_input,
@@ -42,7 +43,7 @@ class IngestParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sources: list[SourceSpec] = Field(
+    sources: list[SourceInput] = Field(
         default_factory=lambda: [SourceSpec(path="builtin:pydocs")],
         description="Inputs: paths, directories, fsspec URLs or builtin:pydocs (a string is a path).",
     )

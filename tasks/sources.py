@@ -22,12 +22,13 @@ import zlib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Callable, Iterator, Literal, Protocol
+from typing import IO, Annotated, Callable, Iterator, Literal, Protocol
 
 import fsspec
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from tasks.errors import UserError
 from tasks.license import license_from_record, normalize_license, url_from_record
 
 # The default corpus depends on the Python build only, so a `pip install` changes no cache key.
@@ -67,6 +68,12 @@ class SourceSpec(BaseModel):
         if self.path in BUILTINS:
             return self.path.removeprefix("builtin:")
         return Path(self.path.rstrip("/")).name or self.path
+
+
+# A source as a user gives it: a plain path string or the full object. SourceSpec already turns a
+# string into {"path": ...}; this makes the JSON schema say so too, so the Prefect form and the
+# server's parameter check accept "/data/udhr" (they validate against the schema, not the model).
+SourceInput = Annotated[SourceSpec, BeforeValidator(lambda value: value, json_schema_input_type=str | SourceSpec)]
 
 
 @dataclass(frozen=True)
@@ -115,13 +122,43 @@ def _suffix_format(path: str) -> FileFormat | None:
     return None
 
 
+class SourceUnavailable(UserError, ValueError):
+    """A source that cannot be read at all; the message names it and the cause."""
+
+
+class SourceMissing(SourceUnavailable, FileNotFoundError):
+    """A source that does not exist (a local path, or a URL answered with 404)."""
+
+
+def check_source(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and root of a source path, or ``SourceUnavailable`` saying why it cannot be read.
+
+    Cheap (one ``info`` call), so the CLI runs it on every source before starting Prefect.
+    fsspec's HTTP filesystem reports every failure as FileNotFoundError; the real cause
+    (refused connection, HTTP status) is its ``__cause__``.
+    """
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        fs.info(root)
+    except ImportError as e:  # e.g. https:// without aiohttp
+        raise SourceUnavailable(f"source {path!r} cannot be read: a package is missing ({e})") from None
+    except FileNotFoundError as e:
+        cause = e.__cause__
+        status = getattr(cause, "status", None)
+        if cause is None or isinstance(cause, FileNotFoundError) or status == 404:
+            raise SourceMissing(f"source {path!r} does not exist") from None
+        why = f"HTTP {status} {getattr(cause, 'message', '')}".strip() if status else str(cause) or type(cause).__name__
+        raise SourceUnavailable(f"source {path!r} is unreachable: {why}") from None
+    except (OSError, ValueError) as e:  # permission denied, unknown protocol, a malformed URL
+        raise SourceUnavailable(f"source {path!r} cannot be read: {e}") from None
+    return fs, root
+
+
 def list_source_files(spec: SourceSpec) -> tuple[list[SourceFile], list[dict[str, str]]]:
     """Expand a source into files (sorted, so shard order is stable) and skipped entries."""
     if spec.path in BUILTINS:
         return pydocs_units(spec), []
-    fs, root = fsspec.core.url_to_fs(spec.path)
-    if not fs.exists(root):
-        raise FileNotFoundError(f"source {spec.path!r} does not exist")
+    fs, root = check_source(spec.path)
     skipped: list[dict[str, str]] = []
     if fs.isdir(root):
         listed = _walk_files(fs, root, skipped)
