@@ -25,6 +25,7 @@ from tasks.normalize import NormalizeParams
 from tasks.pii import PiiParams
 from tasks.quality import QualityParams
 from tasks.refresh import RefreshSettings
+from tasks.retention import RejectedSettings, RetentionSettings
 from tasks.sft import SftDataParams
 from tasks.tokenize import TokenizeParams
 from tasks.train import LoraParams, TrainParams
@@ -66,6 +67,12 @@ class CurateConfig(BaseModel):
         default_factory=BiasAuditParams, description="Representation and filter-fairness audit in the data card."
     )
     dedup: DedupParams = Field(default_factory=DedupParams, description="Exact and near-duplicate removal.")
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, description="What the stages before pii keep of their documents once the corpus is finished."
+    )
+    rejected: RejectedSettings = Field(
+        default_factory=RejectedSettings, description="Whether documents rejected before pii keep their raw text in rejected/."
+    )
     validation: ValidationSettings = Field(default_factory=ValidationSettings, description="Great Expectations checks.")
     energy: EnergySettings = Field(default_factory=EnergySettings, description="Energy and CO2 measurement of every stage.")
     runner: RunnerSettings = Field(default_factory=RunnerSettings, description="Task runner for shard-wise stages.")

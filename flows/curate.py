@@ -19,6 +19,7 @@ from tasks.license import LICENSE_STAGE, resolve_optouts
 from tasks.normalize import NORMALIZE_STAGE
 from tasks.pii import PII_STAGE, resolve_pii
 from tasks.quality import QUALITY_STAGE
+from tasks.retention import TextDroppedError, forget_text_dropped, require_text, run_retention
 from tasks.stage import run_shard_stage
 
 
@@ -46,6 +47,25 @@ def resolved_validation(config: CurateConfig) -> CurateConfig:
 def curate(config: CurateConfig | None = None) -> CuratedCorpus:
     """Ingest -> license -> normalize -> langid -> quality -> pii -> bias -> dedup -> data card."""
     config = resolved_validation(config or CurateConfig())
+    workdir = config.workdir
+    try:
+        stages, card = curate_once(config)
+    except TextDroppedError as dropped:
+        # An earlier run's retention dropped text this run needs: rebuild it from the sources, once.
+        removed = forget_text_dropped(dropped.dataset)
+        get_run_logger().info("%s; rebuilding %d dataset(s)", dropped, len(removed))
+        stages, card = curate_once(config)
+    corpus = stages[-1]
+    # Retention: once the corpus and its card exist, the raw copies before pii may go
+    before_pii = stages[: [s.stage for s in stages].index("pii")]
+    run_retention(workdir, before_pii, config.retention, config.rejected, resolve_pii(config.pii, workdir))
+
+    get_run_logger().info("corpus: %s (%d documents)", corpus.path, corpus.manifest()["rows"])
+    return CuratedCorpus(corpus=corpus.path, card=card, stages={s.stage: s.path for s in stages})
+
+
+def curate_once(config: CurateConfig) -> tuple[list[DatasetRef], str]:
+    """Every stage's dataset (the corpus last) and the card; TextDroppedError if retention dropped text it needs."""
     workdir, checks, energy = config.workdir, config.validation, config.energy
 
     # Extract
@@ -62,11 +82,14 @@ def curate(config: CurateConfig | None = None) -> CuratedCorpus:
     # Report
     stages = [raw, licensed, normalized, identified, good, scrubbed, fair, corpus]
     require_documents(corpus, stages)  # every document dropped: the message lists by whom, not a card over nothing
-    report = CardInputs(license=config.license, bias=config.bias, bias_audit=config.bias_audit, validation=checks)
-    card = write_card(card_work(corpus, report), corpus, stages, report)
-
-    get_run_logger().info("corpus: %s (%d documents)", corpus.path, corpus.manifest()["rows"])
-    return CuratedCorpus(corpus=corpus.path, card=card, stages={s.stage: s.path for s in stages})
+    report = CardInputs(
+        license=config.license, bias=config.bias, bias_audit=config.bias_audit, validation=checks,
+        retention=config.retention, rejected=config.rejected,
+    )
+    work = card_work(corpus, report)
+    if not work.done():
+        require_text(*stages)  # the bias audit reads every stage's documents
+    return stages, write_card(work, corpus, stages, report)
 
 
 if __name__ == "__main__":

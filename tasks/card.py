@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 from prefect.artifacts import create_markdown_artifact
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from prefect import get_run_logger
 
 from data_quality import DataQualityError, ValidationSettings
@@ -23,6 +23,7 @@ from tasks.energy import energy_markdown, energy_table
 from tasks.errors import UserError
 from tasks.license import LicenseParams, policy_summary, render_policy_markdown
 from tasks.mixture import diversity, render_diversity_markdown
+from tasks.retention import RejectedSettings, RetentionSettings, render_retention_markdown
 from tasks.stage import StageWork, stage_task
 
 VERSION = "1"
@@ -44,6 +45,8 @@ class CardInputs(BaseModel):
     bias: BiasParams
     bias_audit: BiasAuditParams
     validation: ValidationSettings
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    rejected: RejectedSettings = Field(default_factory=RejectedSettings)
 
 
 def card_work(corpus: DatasetRef, inputs: CardInputs) -> CardWork:
@@ -201,6 +204,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     if dup["largest_clusters"]:
         lines += ["", "| kept document | duplicates removed |", "|---|---:|"]
         lines += [f"| `{c['kept_id']}` | {c['duplicates']} |" for c in dup["largest_clusters"]]
+    if "retention" in card:
+        lines += ["", render_retention_markdown(card["retention"]).strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +228,7 @@ def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], in
             "license_policy": policy_summary(inputs.license, license_stage.stats() if license_stage else None, unknown),
             "bias": audit_to_json(bias_audit(stages, inputs.bias, inputs.bias_audit)),
             "duplicates": duplicate_summary(corpus),
+            "retention": {"intermediate_text": inputs.retention.intermediate_text, "rejected_keep_text": inputs.rejected.keep_text},
         }
         check_fairness(card["bias"], inputs.validation)
         atomic_write_text(out / "card.md", render_markdown(card))

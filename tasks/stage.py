@@ -233,6 +233,9 @@ def run_shard_stage(
     work = plan_stage(workdir, stage.name, stage.version, params, [source.fingerprint])
     if work.done():  # the whole stage is there: one cache hit instead of one per shard
         return finalize_stage(work, stage.version, params, [source], [], validation)
+    from tasks.retention import require_text  # retention builds on this module
+
+    require_text(source)  # an earlier run's retention may have dropped its text
     shard_stats = map_shards(work, stage, source, params, validation, energy)
     return finalize_stage(work, stage.version, params, [source], shard_stats, validation)
 
