@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from flows.runners import default_task_runner
 from flows.config import CurateConfig
+from flows.forms import CurateForm, resolve_config
 from tasks.bias import BIAS_STAGE
 from tasks.card import CardInputs, card_work, require_documents, write_card
 from tasks.dataset import DatasetRef
@@ -19,6 +20,7 @@ from tasks.license import LICENSE_STAGE, resolve_optouts
 from tasks.normalize import NORMALIZE_STAGE
 from tasks.pii import PII_STAGE, resolve_pii
 from tasks.quality import QUALITY_STAGE
+from tasks.sources import SourceInput
 from tasks.retention import TextDroppedError, forget_text_dropped, require_text, run_retention
 from tasks.stage import run_shard_stage
 
@@ -44,9 +46,21 @@ def resolved_validation(config: CurateConfig) -> CurateConfig:
 
 
 @flow(name="curate", log_prints=True, persist_result=True, task_runner=default_task_runner())
-def curate(config: CurateConfig | None = None) -> CuratedCorpus:
-    """Ingest -> license -> normalize -> langid -> quality -> pii -> bias -> dedup -> data card."""
-    config = resolved_validation(config or CurateConfig())
+def curate(
+    config: CurateForm | None = None,
+    preset: str | None = None,
+    workdir: str | None = None,
+    sources: list[SourceInput] | None = None,
+) -> CuratedCorpus:
+    """Ingest -> license -> normalize -> langid -> quality -> pii -> bias -> dedup -> data card.
+
+    Args:
+        config: What this run changes in the preset; an empty field keeps the preset's value. A full config works too.
+        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; empty: every field's default.
+        workdir: Directory for datasets, caches, Data Docs and reports; empty: the preset's.
+        sources: Paths, directories, fsspec URLs or builtin:pydocs (a string is a path); empty: the preset's.
+    """
+    config = resolved_validation(resolve_config(CurateConfig, config, preset, workdir, sources))
     workdir = config.workdir
     try:
         stages, card = curate_once(config)

@@ -62,3 +62,96 @@ def test_every_config_section_rejects_unknown_fields() -> None:
                     models(t, seen)
 
     models(PipelineConfig, set())
+
+
+# -- run parameters: the Prefect form and `prefect deployment run -p` -----------------------------
+
+
+def test_form_schema_accepts_a_source_given_as_a_string() -> None:
+    """The server checks run parameters against the flow's schema, not the model: it must say a string is a path."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    from flows.curate import curate
+
+    # the config's own schema (a YAML preset checked by an editor, an API client) says so too
+    assert validate({"ingest": {"sources": ["/data/udhr"]}}, CurateConfig.model_json_schema()) == []
+    schema = parameter_schema(curate).model_dump_for_openapi()
+    assert validate({"sources": ["/data/udhr", {"path": "/data/c4.jsonl", "format": "jsonl"}]}, schema) == []
+    assert validate({"sources": [7]}, schema), "a number is not a source"
+    assert curate.validate_parameters({"sources": ["/data/udhr"]})["sources"][0].path == "/data/udhr"
+
+
+def test_partial_config_is_merged_over_the_preset(tmp_path: Path) -> None:
+    from flows.config import PipelineConfig
+    from flows.forms import PipelineForm, resolve_config
+
+    tiny = load_config(PipelineConfig, "tiny")
+    form = PipelineForm.model_validate({"quality": {"gopher_quality": {"min_doc_words": 20}}})
+    cfg = resolve_config(PipelineConfig, form, "tiny", workdir="/tmp/w", sources=["/data/a.txt"])
+    assert cfg.quality.gopher_quality.min_doc_words == 20
+    # everything else is the preset's, not the model's web defaults
+    assert cfg.quality.gopher_quality.max_non_alpha_words_ratio == tiny.quality.gopher_quality.max_non_alpha_words_ratio
+    assert cfg.quality.gopher_repetition == tiny.quality.gopher_repetition and cfg.pretrain == tiny.pretrain
+    assert cfg.workdir == "/tmp/w" and [s.path for s in cfg.ingest.sources] == ["/data/a.txt"]
+    # a value replaces the preset's null, {} switches an optional section on, null switches it off,
+    # a list replaces the preset's list
+    changes = {"quality": {"fineweb": {"line_punct_thr": 0.12}}, "finetune": {"lora": {}}, "langid": {"languages": ["de"]}}
+    on = resolve_config(PipelineConfig, PipelineForm.model_validate(changes), "tiny")
+    assert tiny.quality.fineweb.line_punct_thr is None and on.quality.fineweb.line_punct_thr == 0.12
+    assert tiny.finetune.lora is None and on.finetune.lora is not None and on.langid.languages == ["de"]
+    with_lora = tmp_path / "lora.yaml"
+    with_lora.write_text("finetune:\n  lora: {}\n")
+    off = resolve_config(PipelineConfig, PipelineForm.model_validate({"finetune": {"lora": None}}), str(with_lora))
+    assert resolve_config(PipelineConfig, None, str(with_lora)).finetune.lora is not None and off.finetune.lora is None
+
+
+def test_a_full_config_object_passes_through_the_form_unchanged() -> None:
+    from flows.config import PipelineConfig
+    from flows.curate import curate
+    from flows.forms import resolve_config
+    from flows.pipeline import pipeline
+
+    cfg = load_config(PipelineConfig, "tiny", ["quality.gopher_quality.min_doc_words=3"], workdir="/tmp/x")
+    assert resolve_config(PipelineConfig, pipeline.validate_parameters({"config": cfg})["config"]) == cfg
+    # the pipeline hands its whole config to curate: curate keeps its own sections of it
+    curated = resolve_config(CurateConfig, curate.validate_parameters({"config": cfg})["config"])
+    assert curated == load_config(CurateConfig, "tiny", ["quality.gopher_quality.min_doc_words=3"], workdir="/tmp/x")
+
+
+def test_form_errors_name_the_field_and_the_preset() -> None:
+    from flows.forms import CurateForm, resolve_config
+
+    with pytest.raises(ConfigError, match=r"preset tiny .*\n.*langid.min_prob"):
+        resolve_config(CurateConfig, {"langid": {"min_prob": 7}}, "tiny")
+    with pytest.raises(ValueError, match="langid.min_prob"):  # the form's own check (the UI's) says it first
+        CurateForm.model_validate({"langid": {"min_prob": 7}})
+    with pytest.raises(ConfigError, match="no preset"):
+        resolve_config(CurateConfig, None, "no-such-preset")
+
+
+def test_run_forms_show_each_setting_once_and_no_schedule() -> None:
+    """workdir and sources are parameters of their own; cron/timezone belong to the deployment's schedule."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.refresh import refresh
+
+    schema = parameter_schema(refresh).model_dump_for_openapi()
+    defs = schema["definitions"]
+    config_def = defs[schema["properties"]["config"]["anyOf"][0]["$ref"].split("/")[-1]]
+    settings_def = defs[schema["properties"]["settings"]["anyOf"][0]["$ref"].split("/")[-1]]
+    ingest_def = defs[config_def["properties"]["ingest"]["anyOf"][0]["$ref"].split("/")[-1]]
+    assert "workdir" not in config_def["properties"] and "sources" not in ingest_def["properties"]
+    assert "refresh" not in config_def["properties"]  # shown once, as settings
+    assert not {"cron", "timezone"} & set(settings_def["properties"])
+    assert list(schema["properties"]) == ["config", "settings", "preset", "workdir", "sources"]
+
+
+def test_form_puts_often_changed_fields_first_and_long_lists_last() -> None:
+    from flows.forms import CurateForm
+
+    schema = CurateForm.model_json_schema()
+    sections = list(schema["properties"])
+    assert sections.index("quality") < sections.index("license") and sections[-1] == "license"
+    license_fields = list(schema["$defs"]["LicenseParamsForm"]["properties"])
+    assert license_fields[-3:] == ["pretraining", "finetuning", "optout_paths"]

@@ -103,9 +103,9 @@ def trigger(api: str, name: str, parameters: dict, timeout: float = 600) -> dict
 def test_ui_style_trigger_with_custom_parameters(served: dict, shared_data: Path, tmp_path: Path) -> None:
     src = shared_data / "web" / "c4_en_sample_olmo.jsonl"
     workdir = tmp_path / "custom-work"
-    # A partial config, as an API caller might send: every other field keeps its model default.
-    params = {"config": {"workdir": str(workdir), "ingest": {"sources": [{"path": str(src)}]},
-                         "quality": {"gopher_quality": {"min_doc_words": 20}}}}
+    # As the form sends it: workdir and a source given as a plain path, one changed threshold;
+    # every other field keeps the deployment's preset (tiny).
+    params = {"workdir": str(workdir), "sources": [str(src)], "config": {"quality": {"gopher_quality": {"min_doc_words": 20}}}}
     out = trigger(served["api"], "curate/curate", params)
     run = out["run"]
     assert run.state.is_completed(), (run.state, served["log"].read_text()[-3000:])
@@ -140,7 +140,11 @@ def test_refresh_runs_one_at_a_time_then_only_new_files(served: dict, shared_dat
     paras = paragraphs(shared_data / "gutenberg" / "pg1342_pride_and_prejudice.txt")
     write_paragraphs(src / "part1.txt", paras[:120])
     workdir = tmp_path / "w"
-    params = {"config": refresh_config(workdir, src).model_dump(mode="json"), "settings": SETTINGS.model_dump(mode="json")}
+    from flows.forms import SCHEDULE_FIELDS, run_parameters
+
+    # A whole config through the API: workdir and sources as their own parameters, no schedule in a run's settings
+    params = {**run_parameters(refresh_config(workdir, src)),
+              "settings": SETTINGS.model_dump(mode="json", exclude=set(SCHEDULE_FIELDS))}
     api = served["api"]
     with temporary_settings({PREFECT_API_URL: api}):
         first = run_deployment("refresh/refresh", parameters=params, timeout=0)
