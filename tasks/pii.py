@@ -85,7 +85,8 @@ _PHONE_WORDS = (
 )
 _PHONE_GAP = (
     r"(?:[ \t]*(?:[:#.-]|n[°º]|(?:me|us|him|her|them|on|at|under|unter|au|al|no|nr|number|nummer"
-    r"|num[ée]ro|n[úu]mero)\b\.?))*[ \t]*"
+    r"|num[ée]ro|n[úu]mero|privat|private|priv|home|office|work|direct|direkt|durchwahl|b[üu]ro"
+    r"|gesch[äa]ftlich|dienstlich|fixe|fijo)\b\.?))*[ \t]*"
 )
 PHONE_LOCAL = (
     rf"(?i)(\b(?:{_PHONE_WORDS})\b\.?{_PHONE_GAP})"
@@ -199,9 +200,11 @@ _DATE_SHAPES = (
 
 
 def local_phone_ok(candidate: str) -> bool:
-    """A local number after a phone word: 6-15 digits, not a date or a range of years."""
+    """A local number after a phone word: 6-15 digits, not a date, a range of years or a dotted version."""
     digits = sum(c.isdigit() for c in candidate)
     if not 6 <= digits <= 15:  # shorter: a count, a year, a version; longer: not a phone
+        return False
+    if candidate.count(".") == 2:  # 18.26.17 is a version (or a date); dotted phones have 1 or 4+ dots
         return False
     return not any(shape.fullmatch(candidate) for shape in _DATE_SHAPES)
 

@@ -117,6 +117,7 @@ LOCAL_PHONES = [
     ("Llame al 912 345 678", "Llame al <PHONE>"),
     ("contact us at 555.0199 today", "contact us at <PHONE> today"),
     ("Phone number 5550199", "Phone number <PHONE>"),
+    ("Tel. privat 0319 128452, Tel. Büro: 030 1234567", "Tel. privat <PHONE>, Tel. Büro: <PHONE>"),
 ]
 
 
@@ -135,6 +136,7 @@ NOT_PHONES = [
     "contact: 2019/07/17",
     "Telefon 1999-2005 im Einsatz",
     "phone 3.11.7 release",
+    "contact 18.26.17 and call on 13.19.23",
     "phone: $1,299.99",
     "Telefon 49,90 €",
     "call 3 times, 12 calls in 1999",
