@@ -8,6 +8,7 @@ from typing import Any
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import RunnerSettings
+from tasks.cpu_threads import cpu_env
 
 
 def default_task_runner() -> ThreadPoolTaskRunner:
@@ -27,7 +28,9 @@ def build_task_runner(settings: RunnerSettings) -> Any:
             raise RuntimeError("runner.kind=dask needs the 'dask' extra: pip install 'lmwright[dask]'") from None
         if settings.address:
             return DaskTaskRunner(address=settings.address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": settings.max_workers or 2, "processes": True})
+        # Each worker's Nanny sets these before the worker runs a task (hence before it imports torch).
+        cluster = {"n_workers": settings.max_workers or 2, "processes": True, "env": cpu_env()}
+        return DaskTaskRunner(cluster_kwargs=cluster)
     try:
         from prefect_ray import RayTaskRunner
     except ImportError:

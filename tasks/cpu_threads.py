@@ -1,0 +1,36 @@
+"""CPU thread settings every lmwright process starts with, set before torch loads OpenMP.
+
+torch's CPU kernels run on GNU OpenMP (libgomp). By default an idle OpenMP thread spins
+(~300,000 turns) before it sleeps, betting that the next parallel region comes soon. On a
+quiet machine the bet pays; when other processes want the same cores, the spinning threads
+take the time slices the working threads need, and every small region waits for a thread
+that is not scheduled: on 2 busy cores the tiny model trained ~8x slower than the core
+share explains (benchmarks/busy_machine.py). ``OMP_WAIT_POLICY=PASSIVE`` makes idle threads
+sleep at once; quiet, it costs nothing measurable.
+
+libgomp reads its environment once, when it is loaded (at ``import torch``), so the setting
+must be in ``os.environ`` before that, in every process that runs torch. The ``flows``,
+``tasks`` and ``models`` packages call ``apply_cpu_defaults`` in their ``__init__``, which
+every entry point passes through first (the ``lmwright`` command, the flow modules a
+deployment loads, ``python -m tasks.train_worker`` under torchrun); child processes
+(torchrun ranks, the langid pool, Dask workers) inherit it. A value the user set wins.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+CPU_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def cpu_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Only the CPU settings, as a child process should get them: ``base``'s value where set (default: this process's environment), else lmwright's default."""
+    source = os.environ if base is None else base
+    return {name: source.get(name, default) for name, default in CPU_DEFAULTS.items()}
+
+
+def apply_cpu_defaults() -> None:
+    """Add lmwright's CPU settings to this process's environment where the user has not set them."""
+    for name, value in CPU_DEFAULTS.items():
+        os.environ.setdefault(name, value)
