@@ -143,18 +143,17 @@ def served_tiny(prefect_server: str, tmp_path: Path) -> Iterator[dict[str, Any]]
 
 
 @pytest.mark.e2e
-def test_partial_config_run_keeps_the_deployments_preset_workdir_and_sources(served_tiny: dict[str, Any]) -> None:
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+def test_partial_config_run_keeps_the_deployments_preset_workdir_and_sources(served_tiny: dict[str, Any], tmp_path: Path) -> None:
     from flows.config import CurateConfig, load_config
 
-    # What `prefect deployment run curate/curate -p config='{"quality": ...}'` and a form that
-    # changed one threshold send: only the change.
-    with temporary_settings({PREFECT_API_URL: served_tiny["api"]}):
-        run = run_deployment("curate/curate", parameters={"config": {"quality": {"gopher_quality": {"min_doc_words": 5}}}},
-                             timeout=300)
-    assert run.state.is_completed(), (run.state, served_tiny["log"].read_text()[-3000:])
+    # The README's trigger with only the change, as a form that changed one threshold sends it
+    change = json.dumps({"quality": {"gopher_quality": {"min_doc_words": 5}}})
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "deployment", "run", "curate/curate", "-p", f"config={change}",
+         "--watch", "--watch-timeout", "300"],
+        env=prefect_env(served_tiny["api"], tmp_path / "cli-home"), cwd=tmp_path, capture_output=True, text=True, timeout=360,
+    )
+    assert done.returncode == 0 and "Completed" in done.stdout, (done.stdout[-2000:], served_tiny["log"].read_text()[-3000:])
 
     def manifest(stage: str) -> dict[str, Any]:
         found = list((served_tiny["workdir"] / "datasets" / stage).glob("*/manifest.json"))
