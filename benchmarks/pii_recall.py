@@ -22,6 +22,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import polars as pl
@@ -117,16 +118,18 @@ def load_pii(source: str, name: str):
     return module
 
 
-def score(module, frame: pl.DataFrame, kinds: list[str], clean: pl.DataFrame) -> tuple[dict[str, tuple[int, int]], int]:
+def score(module, frame: pl.DataFrame, kinds: list[str], clean: pl.DataFrame) -> tuple[dict[str, tuple[int, int]], int, float]:
     params = module.PiiParams(identifiers=[]) if "identifiers" in module.PiiParams.model_fields else module.PiiParams()
+    start = time.perf_counter()
     out = module.apply_pii(frame, params)
+    seconds = time.perf_counter() - start
     per: dict[str, tuple[int, int]] = {}
     for kind, before, after in zip(kinds, frame["text"], out["text"]):
         hit, n = per.get(kind, (0, 0))
         per[kind] = (hit + (after.count("<") > before.count("<")), n + 1)
     changed = module.apply_pii(clean, params)
     false_pos = int((changed["text"] != clean["text"]).sum())
-    return per, false_pos
+    return per, false_pos, seconds
 
 
 def frame_of(texts: list[str]) -> pl.DataFrame:
@@ -158,9 +161,10 @@ def main() -> None:
         "current": score(load_pii((ROOT / "tasks" / "pii.py").read_text(), "pii_current"), frame_of(texts), kinds, frame_of(clean)),
     }
     print(f"{args.docs} documents with one planted item each; {args.docs} with look-alikes only (seed {args.seed})")
-    for name, (per, false_pos) in results.items():
+    for name, (per, false_pos, seconds) in results.items():
         hits, total = sum(h for h, _ in per.values()), sum(n for _, n in per.values())
-        print(f"\n{name}: recall {hits / total:.2%} ({hits}/{total}); look-alike documents changed: {false_pos}")
+        print(f"\n{name}: recall {hits / total:.2%} ({hits}/{total}); look-alike documents changed: {false_pos}; "
+              f"apply_pii on the planted documents {seconds:.2f} s")
         for kind in sorted(per):
             h, n = per[kind]
             print(f"  {kind:12s} {h:5d}/{n:<5d} {h / n:.1%}")

@@ -8,7 +8,8 @@ still validates. An invalid config raises one ``ConfigError`` naming every bad f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Iterator, Literal, Sequence, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,6 +18,7 @@ from data_quality import ValidationSettings
 from tasks.bias import BiasAuditParams, BiasParams
 from tasks.dedup import DedupParams
 from tasks.energy import CarbonWindow, EnergySettings
+from tasks.errors import UserError
 from tasks.evaluate import EvalParams
 from tasks.ingest import IngestParams
 from tasks.langid import LangidParams
@@ -34,7 +36,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_WORKDIR = "lmwright-work"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that does not validate; the message lists every bad field."""
 
 
@@ -123,15 +125,23 @@ C = TypeVar("C", bound=BaseModel)
 
 
 def preset_path(name_or_path: str) -> Path:
-    """``tiny`` -> configs/tiny.yaml; anything else is a path to a YAML file."""
+    """``tiny`` -> configs/tiny.yaml unless a *file* ./tiny exists; anything else is a path to a YAML file.
+
+    A directory never counts: a folder named like a preset in the current directory must
+    not hide the preset, and a directory given as a path is an error, not IsADirectoryError.
+    """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.is_file():
         return path
-    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"no preset {name_or_path!r} (known: {', '.join(known)}) and no such file")
-    return candidate
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    is_bare_name = "/" not in name_or_path and "\\" not in name_or_path and path.suffix not in (".yaml", ".yml")
+    if is_bare_name and (CONFIG_DIR / f"{name_or_path}.yaml").is_file():
+        return CONFIG_DIR / f"{name_or_path}.yaml"
+    if path.is_dir():
+        raise ConfigError(f"config {name_or_path!r} is a directory; give a preset ({', '.join(known)}) or a YAML file")
+    if path.suffix in (".yaml", ".yml"):
+        return path  # read_yaml says it does not exist
+    raise ConfigError(f"no preset {name_or_path!r} (known: {', '.join(known)}) and no such file")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -139,6 +149,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -146,8 +158,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``section.key=value`` (value parsed as YAML) into a nested dict."""
+# Where a config value came from, by dotted key path: ("langid", "min_prob") -> "--set 'langid.min_prob=3'".
+Origins = dict[tuple[str, ...], str]
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], origins: Origins | None = None) -> dict[str, Any]:
+    """``section.key=value`` (value parsed as YAML) into a nested dict; ``origins`` records each key's ``--set``."""
     for item in overrides:
         dotted, sep, raw = item.partition("=")
         if not sep or not dotted:
@@ -164,28 +180,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"--set {item!r}: {key} is not a section")
             node = child
         node[leaf] = value
+        if origins is not None:
+            origins[tuple(dotted.split("."))] = f"--set {item!r}"
     return data
 
 
-def build_config(model: type[C], data: dict[str, Any], origin: str = "config") -> C:
-    """Validate ``data`` as ``model``; sections belonging to other flows are ignored, typos are not."""
+def build_config(model: type[C], data: dict[str, Any], origin: str = "config", origins: Origins | None = None) -> C:
+    """Validate ``data`` as ``model``; sections belonging to other flows are ignored, typos are not.
+
+    ``origin`` names where ``data`` came from (a preset file, "parameters"); ``origins`` names
+    the keys that came from elsewhere (``--set``), so every error blames the right place.
+    """
+    origins = origins or {}
     known_everywhere = {name for cfg in FLOW_CONFIGS for name in cfg.model_fields}
     unknown = sorted(set(data) - known_everywhere)
     if unknown:
-        raise ConfigError(f"{origin}: unknown section(s) {', '.join(unknown)} (known: {', '.join(sorted(known_everywhere))})")
+        blamed = sorted({_origin_of(origins, [k], origin) for k in unknown})
+        raise ConfigError(
+            f"{'; '.join(blamed)}: unknown section(s) {', '.join(unknown)} (known: {', '.join(sorted(known_everywhere))})"
+        )
     mine = {k: v for k, v in data.items() if k in model.model_fields}
     try:
         return model.model_validate(mine)
     except ValidationError as e:
-        raise ConfigError(format_errors(e, origin)) from None
+        raise ConfigError(format_errors(e, origin, origins)) from None
 
 
-def format_errors(error: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: {error.error_count()} invalid field(s):"]
+def _origin_of(origins: Origins, loc: Sequence[Any], default: str) -> str:
+    """The origin of the longest recorded prefix of ``loc`` (an override of a whole section covers its keys)."""
+    parts = tuple(str(p) for p in loc)
+    for n in range(len(parts), 0, -1):
+        if parts[:n] in origins:
+            return origins[parts[:n]]
+    return default
+
+
+def format_errors(error: ValidationError, origin: str, origins: Origins | None = None) -> str:
+    """One line per bad field; the header names the origin when all errors share it, else each line does."""
+    blamed = [_origin_of(origins or {}, err["loc"], origin) for err in error.errors()]
+    problems = []
     for err in error.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-        lines.append(f"  {where}: {err['msg']}{got}")
+        problems.append(f"{where}: {err['msg']}{got}")
+    same = len(set(blamed)) == 1
+    lines = [f"{blamed[0] if same else 'config'}: {len(problems)} invalid field(s):"]
+    lines += [f"  {problem}" + ("" if same else f"  [from {where_from}]") for problem, where_from in zip(problems, blamed)]
     return "\n".join(lines)
 
 
@@ -196,10 +236,45 @@ def load_config(
     **fields: Any,
 ) -> C:
     """Preset or YAML file, then ``--set`` overrides, then explicit fields (e.g. workdir)."""
-    data: dict[str, Any] = read_yaml(preset_path(config)) if config else {}
-    origin = str(preset_path(config)) if config else "config"
-    data = apply_overrides(data, list(overrides or []))
+    path = preset_path(config) if config else None
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    origin = str(path) if path else "config"
+    origins: Origins = {}
+    data = apply_overrides(data, list(overrides or []), origins)
     for key, value in fields.items():
         if value is not None:
             data[key] = value
-    return build_config(model, data, origin)
+            origins[(key,)] = f"the {key} argument"
+    return build_config(model, data, origin, origins)
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a section field (``X`` or ``X | None``); None for a plain value or a list of models."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) not in (Union, UnionType):
+        return None
+    models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    others = [a for a in get_args(annotation) if a is not type(None) and a not in models]
+    return models[0] if len(models) == 1 and not others else None
+
+
+def config_keys(model: type[BaseModel], values: BaseModel | None = None, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    """Every ``--set`` key of ``model``: (dotted key, value in ``values`` or the default, description).
+
+    An optional section that is off (None) is listed itself, then its keys with their defaults,
+    since ``--set section.key=...`` switches it on.
+    """
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if values is not None:
+            value = getattr(values, name)
+        else:
+            value = field.get_default(call_default_factory=True)
+        section = _section_model(field.annotation)
+        if section is None:
+            yield key, value, field.description or ""
+            continue
+        if value is None:
+            yield key, None, field.description or ""
+        yield from config_keys(section, value if isinstance(value, BaseModel) else None, f"{key}.")

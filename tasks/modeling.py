@@ -29,6 +29,7 @@ from models.checkpoint import load_checkpoint, load_config
 from models.export import export_hf
 from models.gpt import GPT, GPTConfig
 from tasks.dataset import write_json
+from tasks.files import point_latest
 from tasks.evaluate import (
     EvalParams,
     fit_diagnosis,
@@ -261,6 +262,7 @@ def _finish(work: StageWork, result: TrainResult, extra: dict[str, Any]) -> Mode
     summary = {**result.model_dump(), "tokens_per_second": round(tps, 1), **extra}
     write_json(out / "result.json", summary)
     write_json(work.marker, {"stage": work.stage, "fingerprint": work.fingerprint, "version": VERSION, **extra})
+    point_latest(out, work.stage)
     get_run_logger().info(
         "%s: %d steps (%s), best val loss %.4f at step %d, %.0f tokens/s",
         work.stage, result.steps, result.stopped, result.best_val_loss, result.best_step, tps,
@@ -372,6 +374,7 @@ def evaluate_model(
     write_json(out / "metrics.json", metrics)
     _publish_metrics(work.unit or "model", metrics)
     write_json(work.marker, {"stage": "evaluate", "fingerprint": work.fingerprint})
+    point_latest(out, f"evaluate-{work.unit or 'model'}")
     return metrics
 
 
@@ -419,4 +422,5 @@ def export_model(work: StageWork, model_ref: ModelRef, metrics: dict[str, Any], 
     )
     write_json(out / "hf" / "metrics.json", {k: v for k, v in metrics.items() if k != "samples"})
     write_json(work.marker, {"stage": "export", "fingerprint": work.fingerprint})
+    point_latest(out, "export")
     return str(out / "hf")

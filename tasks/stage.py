@@ -24,7 +24,7 @@ from prefect.futures import as_completed
 from data_quality import DataQualityError, ValidationSettings, validate_shard, validate_stage
 from tasks.energy import EnergySettings, track
 from tasks.errors import UserError
-from tasks.files import disk_errno
+from tasks.files import disk_errno, point_latest
 from tasks.results import PERSISTED_RESULTS, refuse_foreign_record
 from tasks.progress import LiveProgress
 from tasks.dataset import (
@@ -210,6 +210,7 @@ def finalize_stage(
     validate_stage(work.stage, out, shards, params, validation)
     stats = finalize_dataset(out, work.stage, work.fingerprint, shards, extra_stats)
     ref = write_manifest(out, work.stage, work.fingerprint, params, version, inputs, shards)
+    point_latest(out, work.stage)
     get_run_logger().info(
         "%s: %d in, %d kept, %d rejected %s",
         work.stage,

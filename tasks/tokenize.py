@@ -75,6 +75,7 @@ from tasks.bpe import (  # noqa: F401 - SpecialTokens, train_bpe, token_dtype ar
 from tasks.energy import EnergySettings, merge_energy, track
 from tasks.mixture import MixtureParams, epoch_order, mixture_plan, mixture_report
 from tasks.stage import StageWork, plan_stage, stage_task
+from tasks.files import point_latest
 
 VERSION = "1"
 STAGE = "tokenize"
@@ -654,6 +655,7 @@ def _finish_pack(
         "files": files,
     }
     write_json(out / "manifest.json", manifest)  # LAST: from now on the dataset exists
+    point_latest(out, "tokenize")
 
     # The shard arrays duplicate train.bin/val.bin: drop them (marker first, see module doc).
     for n in names:
