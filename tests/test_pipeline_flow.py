@@ -74,6 +74,13 @@ def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path
         assert energy and energy["duration_s"] > 0 and energy["energy_kwh"] > 0 and energy["co2_kg"] > 0, (stage, energy)
     assert "| tokenize |" in (hf / "README.md").read_text() and "| pretrain |" in (hf / "README.md").read_text()
 
+    # training planned, validated its final weights, and its progress artifact ended at the real end
+    pre = json.loads((Path(result.models.pretrained) / "result.json").read_text())
+    assert pre["plan"]["steps"] == pre["steps"] == 30 and pre["stopped"] == "max_steps"
+    history = (Path(result.models.pretrained) / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(history[-1])["step"] == 30
+    assert progress_artifact("pretrain-progress") == 100.0
+
     # the fine-tuned model starts from the pretrained weights (transfer), with LoRA merged away
     ft = ModelRef("finetune", Path(result.models.finetuned).name, result.models.finetuned)
     assert not any("lora" in k for k in ft.load().state_dict())
@@ -88,6 +95,16 @@ def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path
     reporting = ("promote", "publish_energy")
     not_cached = {k: v for k, v in states.items() if v != "Cached" and k not in subflow_runs and not k.startswith(reporting)}
     assert not not_cached, not_cached
+
+
+def progress_artifact(key: str) -> float:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key}"
+    return float(found[-1].data)
 
 
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path: Path, shared_data: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import polars as pl
@@ -118,12 +117,10 @@ def test_refresh_first_nothing_new_then_only_new_files(tmp_path: Path, books: di
     promoted = json.loads((work / "promoted.json").read_text())
     assert promoted["model"] == first.model
 
-    # (2) nothing new: no curate, no version, seconds
-    start = time.perf_counter()
+    # (2) nothing new: no curate, no version (how fast that is belongs to benchmarks)
     again = refresh(config, SETTINGS)
     assert again.message.startswith("nothing new"), again.message
     assert again.version == "v0001" and again.new_files == 0
-    assert time.perf_counter() - start < 15
     assert not (work / "corpus" / "v0002").exists()
     assert len(list((work / "datasets" / "ingest").iterdir())) == 1
 
@@ -162,8 +159,12 @@ def test_refresh_first_nothing_new_then_only_new_files(tmp_path: Path, books: di
     assert result["init_from"] == third.init_from
     mix = json.loads((Path(v2["refresh"]["tokens"]) / "meta.json").read_text())["mix"]
     assert mix["replay_tokens"]["train"] > 0 and mix["new_tokens"]["train"] > 0
-    if not third.promoted:
-        assert third.reasons and "not promoted" in third.message
+    # the promotion decision moved the pointer, or kept it and said why: checked either way
+    pointer = json.loads((work / "promoted.json").read_text())
+    if third.promoted:
+        assert pointer["model"] == third.model and not third.reasons
+    else:
+        assert pointer["model"] == first.model and third.reasons and "not promoted" in third.message
 
 
 def test_refresh_killed_before_commit_then_rerun(
