@@ -113,7 +113,7 @@ def forget_text_dropped(dataset: DatasetRef) -> list[str]:
 def _drop_text(dataset: DatasetRef, pii: PiiParams) -> dict[str, int]:
     # Ids before pii are raw: they are hashed as the pii stage hashes them (same key, so they
     # still join with the corpus), and so is PII a rejection's detail may quote.
-    hashed = pii.model_copy(update={"identifiers": ["id", "detail"]})
+    hashed = pii.model_copy(update={"identifiers": ["id", "detail"] if pii.identifiers else []})
     for part in dataset.parts():
         write_parquet(scrub_identifiers(pl.read_parquet(part, columns=["id"]), hashed)[0], part)
     rejected = 0
@@ -134,7 +134,9 @@ def redact_rejected(frame: pl.DataFrame, pii: PiiParams) -> pl.DataFrame:
         frame = frame.with_columns(
             pl.when(pl.col("text").is_null()).then(None).otherwise(redacted).alias("text")
         )
-    scrubbed, _ = scrub_identifiers(frame, pii.model_copy(update={"identifiers": [*pii.identifiers, "detail"]}))
+    # identifiers: [] keeps raw ids in the corpus; the rejected ones stay raw too (they join)
+    columns = [*pii.identifiers, "detail"] if pii.identifiers else []
+    scrubbed, _ = scrub_identifiers(frame, pii.model_copy(update={"identifiers": columns}))
     return scrubbed
 
 

@@ -94,6 +94,10 @@ def test_redact_rejected_handles_null_text_and_missing_columns(tmp_path: Path) -
     out = redact_rejected(frame, pii)
     assert out["text"].to_list() == [None, "mail <EMAIL>"] and out["id"][0].startswith("<EMAIL:")
     assert redact_rejected(frame.head(0), pii).height == 0
+    # identifiers: [] keeps raw ids in the corpus, so rejected ids stay raw too (no key needed)
+    raw_ids = resolve_pii(PiiParams(identifiers=[]), tmp_path / "no-key")
+    with_detail = frame.with_columns(pl.lit(f"opt-out id:{MAIL}").alias("detail"))
+    assert redact_rejected(with_detail, raw_ids)["id"][0] == MAIL
 
 
 # --- the curate flow under Prefect -------------------------------------------------------
