@@ -57,7 +57,9 @@ def test_flow_module_a_deployment_loads_starts_openmp_passive(choice: str | None
 def test_cli_and_torchrun_ranks_start_openmp_passive(tmp_path: Path, shared_data: Path) -> None:
     script = Path(sys.executable).with_name("lmwright")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "flows.cli"]
-    env = user_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL="")
+    # A generous server start-up: this test is about threads, and runs while the machine is busy.
+    env = user_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL="",
+                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
     done = subprocess.run(
         [*command, "pretrain", "--source", str(shared_data / "web" / "c4_en_sample_olmo.jsonl"),
          "--workdir", str(tmp_path / "w"), "--config", "tiny", "--max-steps", "2",
