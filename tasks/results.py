@@ -19,14 +19,20 @@ Tasks and flows with persisted results take ``**PERSISTED_RESULTS``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import fcntl
 import importlib
 import json
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect.logging import get_logger
 from prefect.serializers import Serializer
+from prefect.settings import get_current_settings
 from pydantic import BaseModel, Field
 from pydantic_core import to_jsonable_python
 
@@ -185,6 +191,115 @@ def _delete_record(storage: Any, key: str) -> None:
         Path(path).unlink(missing_ok=True)
 
 
+# --- one run at a time per record ------------------------------------------------------------
+
+
+class RecordLocks:
+    """Prefect lock manager on flock(2): one holder per cache key across threads and processes.
+
+    With ``isolation_level="SERIALIZABLE"`` a task takes the lock of its cache key before it looks
+    its record up, so of two runs on one workdir the second waits for the first's shard and then
+    reads it from the cache instead of writing the same files again. The kernel drops a lock when
+    its process dies, so a kill -9 leaves no stale lock behind (Prefect's file lock manager would
+    wait for ever on it). Lock files live under ``PREFECT_HOME/locks`` (a read-only workdir is fine).
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self._directory = Path(directory) if directory else None
+        self._held: dict[str, tuple[str, int]] = {}  # key -> (holder, fd)
+        self._guard = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to Dask workers: locks stay with their process
+        return {"_directory": self._directory}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["_directory"])
+
+    def _path(self, key: str) -> Path:
+        directory = self._directory or Path(get_current_settings().home) / "locks"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{key}.lock"
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+        if self.is_lock_holder(key, holder):
+            return True
+        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        path = self._path(key)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if _flock(fd, deadline) and _still_named(fd, path):  # not a file its last holder just removed
+                with self._guard:
+                    self._held[key] = (holder, fd)
+                return True
+            os.close(fd)
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
+
+    def release_lock(self, key: str, holder: str) -> None:
+        with self._guard:
+            if self._held.get(key, ("", -1))[0] != holder:
+                return  # Prefect also releases after a failure that came before the lock was taken
+            _, fd = self._held.pop(key)
+        self._path(key).unlink(missing_ok=True)  # while still holding it: a waiter re-checks the name
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def is_locked(self, key: str) -> bool:
+        with self._guard:
+            if key in self._held:
+                return True
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock we just took
+        return False
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        with self._guard:
+            return self._held.get(key, ("", -1))[0] == holder
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.wait_for_lock, key, timeout)
+
+
+def _flock(fd: int, deadline: float | None) -> bool:
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
 RESULT_SERIALIZER = TypedJSONSerializer()
 # For @task and @flow: results persisted as typed JSON. Prefect only accepts storage blocks saved
 # on a server, so the check on records read back lives in the cache policy (tasks.stage).
@@ -193,6 +308,7 @@ PERSISTED_RESULTS: dict[str, Any] = {"result_serializer": RESULT_SERIALIZER}
 __all__ = [
     "PERSISTED_RESULTS",
     "PersistedFailure",
+    "RecordLocks",
     "RESULT_SERIALIZER",
     "refuse_foreign_record",
     "TypedJSONSerializer",

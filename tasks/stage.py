@@ -25,7 +25,7 @@ from data_quality import DataQualityError, ValidationSettings, validate_shard, v
 from tasks.energy import EnergySettings, track
 from tasks.errors import UserError
 from tasks.files import disk_errno, point_latest
-from tasks.results import PERSISTED_RESULTS, refuse_foreign_record
+from tasks.results import PERSISTED_RESULTS, RecordLocks, refuse_foreign_record
 from tasks.progress import LiveProgress
 from tasks.dataset import (
     DatasetRef,
@@ -136,7 +136,8 @@ def expire_record(store: Any, key: str) -> None:
             Path(path).unlink(missing_ok=True)
 
 
-STAGE_CACHE = StageOutputCache()
+# SERIALIZABLE: two runs on one workdir take turns per output unit; the second reads the first's from the cache.
+STAGE_CACHE = StageOutputCache(isolation_level="SERIALIZABLE", lock_manager=RecordLocks())
 
 
 def is_not_data_quality_error(task: Any, task_run: Any, state: Any) -> bool:
