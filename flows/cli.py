@@ -422,6 +422,8 @@ def generate(args: argparse.Namespace) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device here (use --device cpu)")
     model = load_generator(Path(args.model or args.workdir or DEFAULT_WORKDIR), device)
     print(f"model: {model.source}", file=sys.stderr)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k or None, args.seed)

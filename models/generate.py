@@ -68,13 +68,21 @@ def load_generator(path: Path, device: str = "cpu") -> Generator:
             raise ModelNotFound(f"{path / PROMOTED} points to {promoted}, which is gone")
         return load_generator(Path(promoted), device)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return _load_export(path, device)
-    if (path / "checkpoints" / "best").is_dir():
-        return _load_training_run(path, device)
-    raise ModelNotFound(
-        f"{path}: no model here; give a training run (W/models/<stage>/<fingerprint>), "
-        f"an export (.../hf) or a workdir with a promoted model ({PROMOTED})"
-    )
+        kind, load, needed = "export", _load_export, ["tokenizer.json"]
+    elif (path / "checkpoints" / "best").is_dir():
+        kind, load, needed = "training run", _load_training_run, ["tokenizer.json", "checkpoints/best/state.json"]
+    else:
+        raise ModelNotFound(
+            f"{path}: no model here; give a training run (W/models/<stage>/<fingerprint>), "
+            f"an export (.../hf) or a workdir with a promoted model ({PROMOTED})"
+        )
+    missing = [name for name in needed if not (path / name).is_file()]
+    if missing:
+        raise ModelNotFound(f"{path}: an incomplete {kind}, {', '.join(missing)} is missing")
+    try:
+        return load(path, device)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:  # a file there, but not one we wrote
+        raise ModelNotFound(f"{path}: not a loadable lmwright {kind} ({type(e).__name__}: {e})") from None
 
 
 def _load_training_run(path: Path, device: str) -> Generator:
@@ -124,12 +132,9 @@ def our_state_dict(hf: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, 
 
 
 def _load_export(path: Path, device: str) -> Generator:
-    try:
-        config = gpt_config_from_llama(json.loads((path / "config.json").read_text()))
-        model = GPT(config)
-        model.load_state_dict(our_state_dict(load_file(str(path / "model.safetensors")), config))
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise ModelNotFound(f"{path}: not a loadable lmwright export ({e})") from None
+    config = gpt_config_from_llama(json.loads((path / "config.json").read_text()))
+    model = GPT(config)
+    model.load_state_dict(our_state_dict(load_file(str(path / "model.safetensors")), config))
     tok_cfg_path = path / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
     tokenizer = load_tokenizer(path / "tokenizer.json")

@@ -133,8 +133,22 @@ def test_chat_reads_turns_from_stdin(workdir: tuple[Path, Path, GPT], capsys, mo
     assert capsys.readouterr().out == f"{first}\n{second}\n"
 
 
-def test_no_model_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
-    assert main(["generate", "hi", "--workdir", str(tmp_path)]) == 2
+def one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(["generate", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lmwright: ") and "promoted" in err[0]
-    assert main(["generate", "hi", "--chat", "--model", str(tmp_path)]) == 2
+    assert len(err) == 1 and err[0].startswith("lmwright: "), err
+    return err[0]
+
+
+def test_no_model_is_one_line_with_exit_code_2(tmp_path: Path, capsys) -> None:
+    assert "promoted" in one_line_error(capsys, "hi", "--workdir", str(tmp_path))
+    assert "not both" in one_line_error(capsys, "hi", "--chat", "--model", str(tmp_path))
+
+
+def test_a_broken_model_directory_is_one_line_naming_it(workdir: tuple[Path, Path, GPT], capsys) -> None:
+    run_dir, hf_dir, _ = workdir
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    line = one_line_error(capsys, "hi", "--model", str(hf_dir))
+    assert str(hf_dir) in line and "not a loadable lmwright export" in line and "gpt2" in line
+    (run_dir / "tokenizer.json").unlink()
+    assert one_line_error(capsys, "hi", "--model", str(run_dir)).endswith("an incomplete training run, tokenizer.json is missing")
