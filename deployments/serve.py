@@ -14,7 +14,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from flows.config import PipelineConfig, apply_overrides
-from flows.forms import SCHEDULE_FIELDS, CurateForm, PipelineForm
+from flows.forms import SCHEDULE_FIELDS, CurateForm, PipelineForm, RefreshForm, shown_fields
 
 # One refresh at a time: a second nightly run that finds one still going is cancelled,
 # not queued (two refreshes would race for the same ledger and corpus version).
@@ -27,8 +27,9 @@ DESCRIPTIONS = {
 }
 
 
-def _visible(form: type[Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in overrides.items() if k in form.model_fields and k not in ("workdir", "refresh")}
+def _shown(form: type[Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides ``form`` has fields for; the others are parameters of their own or have no effect there."""
+    return {k: v for k, v in overrides.items() if k in shown_fields(form)}
 
 
 def deployment_parameters(
@@ -55,9 +56,9 @@ def deployment_parameters(
         return {**params, "config": config} if config else params
 
     return {
-        "pipeline": with_config({**common, "until": "export"}, _visible(PipelineForm, changes)),
-        "curate": with_config(dict(common), _visible(CurateForm, changes)),
-        "refresh": with_config(dict(common), _visible(PipelineForm, changes)) | ({"settings": settings} if settings else {}),
+        "pipeline": with_config({**common, "until": "export"}, _shown(PipelineForm, changes)),
+        "curate": with_config(dict(common), _shown(CurateForm, changes)),
+        "refresh": with_config(dict(common), _shown(RefreshForm, changes)) | ({"settings": settings} if settings else {}),
     }
 
 

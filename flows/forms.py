@@ -36,8 +36,7 @@ CURATE_ORDER = ("ingest", "langid", "quality", "dedup", "pii", "bias", "normaliz
 PIPELINE_ORDER = ("ingest", "pretrain", "finetune", "evaluate", "tokenize", "langid", "quality", "dedup", "pii",
                   "bias", "normalize", "bias_audit", "carbon_window", "validation", "runner", "energy")
 LAST = ("license",)
-# Shown as parameters of their own (workdir, sources), or with no effect on the run: the
-# pipeline never reads the refresh section, and a refresh run takes it as ``settings``.
+# Parameters of their own, so hidden inside ``config``.
 RUN_PARAMETERS = frozenset({"workdir", "ingest.sources"})
 # cron and timezone are the deployment's schedule: a run's form cannot move it.
 SCHEDULE_FIELDS = frozenset({"cron", "timezone"})
@@ -125,8 +124,16 @@ def form_model(
 
 
 CurateForm = form_model(CurateConfig, RUN_PARAMETERS, CURATE_ORDER, LAST)
+# The pipeline never reads the refresh section; a refresh run takes it as ``settings``.
 PipelineForm = form_model(PipelineConfig, RUN_PARAMETERS | {"refresh"}, PIPELINE_ORDER, LAST)
+# A refresh waits for its own settings.carbon_window; the pipeline's carbon_window would do nothing there.
+RefreshForm = form_model(PipelineConfig, RUN_PARAMETERS | {"refresh", "carbon_window"}, PIPELINE_ORDER, LAST)
 RefreshSettingsForm = form_model(RefreshSettings, SCHEDULE_FIELDS)
+
+
+def shown_fields(form: type[FormBase]) -> set[str]:
+    """The top-level fields ``form`` shows (and the server accepts): all but the hidden ones."""
+    return set(form.model_json_schema()["properties"])
 
 
 def deep_merge(base: Any, over: Any) -> Any:
@@ -176,14 +183,11 @@ def resolve_settings(config: PipelineConfig, settings: BaseModel | dict[str, Any
     return build_config(PipelineConfig, {"refresh": data}, "the run's settings").refresh
 
 
-def run_parameters(config: CurateConfig, preset: str | None = None) -> dict[str, Any]:
-    """A full config as a deployment run's parameters (what the form shows), for API callers."""
-    form = PipelineForm if isinstance(config, PipelineConfig) else CurateForm
-    data = config.model_dump(mode="json", include=set(form.model_fields))
-    sources = data["ingest"].pop("sources")
-    workdir = data.pop("workdir")
-    data.pop("refresh", None)
-    params: dict[str, Any] = {"config": data, "workdir": workdir, "sources": sources}
+def run_parameters(config: CurateConfig, form: type[FormBase] = CurateForm, preset: str | None = None) -> dict[str, Any]:
+    """A full config as the parameters of a run of the flow whose ``config`` is ``form``, for API callers."""
+    data = config.model_dump(mode="json", include=shown_fields(form))
+    data["ingest"].pop("sources")
+    params: dict[str, Any] = {"config": data, "workdir": config.workdir, "sources": config.ingest.model_dump(mode="json")["sources"]}
     if preset:
         params["preset"] = preset
     return params
@@ -192,6 +196,7 @@ def run_parameters(config: CurateConfig, preset: str | None = None) -> dict[str,
 __all__ = [
     "CurateForm",
     "PipelineForm",
+    "RefreshForm",
     "RefreshSettingsForm",
     "SourceInput",
     "deep_merge",
@@ -199,4 +204,5 @@ __all__ = [
     "resolve_config",
     "resolve_settings",
     "run_parameters",
+    "shown_fields",
 ]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from flows.config import PipelineConfig
 from flows.curate import curate
-from flows.forms import PipelineForm, RefreshSettingsForm, resolve_config, resolve_settings
+from flows.forms import RefreshForm, RefreshSettingsForm, resolve_config, resolve_settings
 from flows.train import Evaluation, TrainedModels, evaluate_flow
 from models.checkpoint import load_config
 from tasks.dataset import DatasetRef, file_sha256, is_complete
@@ -85,7 +85,7 @@ class RefreshResult(BaseModel):
 
 @flow(name="refresh", log_prints=True, persist_result=True)
 def refresh(
-    config: PipelineForm | None = None,
+    config: RefreshForm | None = None,
     settings: RefreshSettingsForm | None = None,
     preset: str | None = None,
     workdir: str | None = None,

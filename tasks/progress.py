@@ -9,6 +9,7 @@ the artifact follows the same fraction, so the UI and the terminal agree.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any, Callable, TextIO
@@ -128,6 +129,8 @@ def _create_artifact(key: str, label: str) -> Any:
         return None
     from prefect.artifacts import create_progress_artifact
 
+    # Artifact keys allow lowercase letters, digits and dashes only; stage names have underscores (dedup_previous).
+    key = re.sub(r"[^a-z0-9-]+", "-", key.lower())
     return create_progress_artifact(progress=0.0, key=key, description=f"{label}: share done")
 
 

@@ -143,6 +143,7 @@ def test_run_forms_show_each_setting_once_and_no_schedule() -> None:
     ingest_def = defs[config_def["properties"]["ingest"]["anyOf"][0]["$ref"].split("/")[-1]]
     assert "workdir" not in config_def["properties"] and "sources" not in ingest_def["properties"]
     assert "refresh" not in config_def["properties"]  # shown once, as settings
+    assert "carbon_window" not in config_def["properties"]  # a refresh waits for settings.carbon_window only
     assert not {"cron", "timezone"} & set(settings_def["properties"])
     assert list(schema["properties"]) == ["config", "settings", "preset", "workdir", "sources"]
 

@@ -46,6 +46,8 @@ def test_serve_parameters_keep_what_serve_was_told() -> None:
                                 "config": {"quality": {"c4": {"min_num_sentences": 2}}}}
     assert params["refresh"]["settings"] == {"replay_fraction": 0.3}  # the cron goes to the schedule only
     assert "refresh" not in params["pipeline"]["config"]
+    with_window = deployment_parameters("tiny", ["carbon_window={start: '22:00', end: '06:00'}"])
+    assert "carbon_window" in with_window["pipeline"]["config"] and "config" not in with_window["refresh"]
 
 
 def api_deployments(api: str) -> dict[str, dict[str, Any]]:

@@ -52,3 +52,17 @@ def test_routine_task_state_lines_are_dropped_from_the_terminal_only() -> None:
     assert not keep.filter(record("Finished in state Cached(type=COMPLETED)"))
     assert keep.filter(record("quality: 700 in, 650 kept"))
     assert keep.filter(record("Finished in state Failed('boom')", logging.ERROR))
+
+
+def test_a_stage_name_with_underscores_gives_a_valid_artifact_key(prefect_harness: None) -> None:
+    """Prefect keys allow lowercase letters, digits and dashes: the refresh's dedup_previous stage failed here."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    @flow
+    def shards() -> None:
+        LiveProgress("dedup_previous", 2, unit="shards", artifact_key="dedup_previous-progress", stream=io.StringIO())
+
+    shards()
+    with get_client(sync_client=True) as client:
+        assert "dedup-previous-progress" in {a.key for a in client.read_artifacts()}

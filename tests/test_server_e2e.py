@@ -140,10 +140,10 @@ def test_refresh_runs_one_at_a_time_then_only_new_files(served: dict, shared_dat
     paras = paragraphs(shared_data / "gutenberg" / "pg1342_pride_and_prejudice.txt")
     write_paragraphs(src / "part1.txt", paras[:120])
     workdir = tmp_path / "w"
-    from flows.forms import SCHEDULE_FIELDS, run_parameters
+    from flows.forms import SCHEDULE_FIELDS, RefreshForm, run_parameters
 
     # A whole config through the API: workdir and sources as their own parameters, no schedule in a run's settings
-    params = {**run_parameters(refresh_config(workdir, src)),
+    params = {**run_parameters(refresh_config(workdir, src), RefreshForm),
               "settings": SETTINGS.model_dump(mode="json", exclude=set(SCHEDULE_FIELDS))}
     api = served["api"]
     with temporary_settings({PREFECT_API_URL: api}):
