@@ -11,7 +11,7 @@ Thresholds, with their sources:
   2023, "Scaling Data-Constrained Language Models").
 - ``MIN_TOKENS_PER_PARAM`` = 1 and ``COMPUTE_OPTIMAL_TOKENS_PER_PARAM`` = 20: Chinchilla
   (Hoffmann et al. 2022) trains ~20 tokens per parameter; a run that shows each
-  parameter less than one token has barely started.
+  parameter less than one token, with data left unseen, has barely started.
 """
 
 from __future__ import annotations
@@ -120,11 +120,14 @@ def fit_warnings(plan: TrainingPlan) -> list[str]:
             f"{MAX_EPOCHS_BEFORE_WARNING:g}); add data, lower max_steps or set max_epochs, raise dropout "
             "or weight_decay, or choose a smaller model (early stopping keeps the best validation loss)"
         )
-    if plan.tokens_per_param < MIN_TOKENS_PER_PARAM:
+    if plan.tokens_per_param < MIN_TOKENS_PER_PARAM and plan.epochs < 1:
+        # Fewer tokens than parameters *and* data left unseen: the budget, not the data, is short.
+        # (With every token seen, a low ratio means the data is small for the model: the epoch
+        # warning above is the one that applies.)
         out.append(
             f"underfitting likely: {plan.tokens_per_param:.2f} tokens per parameter (compute-optimal is about "
-            f"{COMPUTE_OPTIMAL_TOKENS_PER_PARAM:g}); train longer (max_steps) or choose a smaller model"
-            + (" (more data would allow more steps without overfitting)" if plan.epochs >= 1 else "")
+            f"{COMPUTE_OPTIMAL_TOKENS_PER_PARAM:g}) and {plan.epochs:.2f} of the data seen; train longer (max_steps) "
+            "or choose a smaller model"
         )
     if plan.warmup_steps >= plan.steps:
         out.append(

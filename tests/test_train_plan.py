@@ -30,6 +30,12 @@ def test_too_few_tokens_per_parameter_warns_underfitting() -> None:
     assert any("underfitting likely" in w for w in plan.warnings)
 
 
+def test_the_default_run_on_the_builtin_corpus_does_not_warn() -> None:
+    """4 epochs of a small corpus: fewer tokens than parameters, but the budget is not what is short."""
+    plan = plan_training(CFG, train_tokens=213_154, val_tokens=8_535, tokens_per_step=4096, steps=208, max_steps=600)
+    assert plan.tokens_per_param < 1 and plan.warnings == []
+
+
 def test_a_guard_below_the_expected_time_warns() -> None:
     plan = plan_training(CFG, 10_000_000, 500_000, 4096, steps=1000, max_steps=1000, max_seconds=60, step_seconds=0.5, watts=10)
     assert plan.expected_seconds == pytest.approx(500)
