@@ -15,7 +15,9 @@ must be in ``os.environ`` before that, in every process that runs torch. The ``f
 ``tasks`` and ``models`` packages call ``apply_cpu_defaults`` in their ``__init__``, which
 every entry point passes through first (the ``lmwright`` command, the flow modules a
 deployment loads, ``python -m tasks.train_worker`` under torchrun); child processes
-(torchrun ranks, the langid pool, Dask workers) inherit it. A value the user set wins.
+(torchrun ranks, the langid pool, Dask workers) inherit it. A value the user set wins. A
+program that imports torch before any lmwright module keeps OpenMP's defaults in its own
+process (its children still get the setting): set the variable in its environment instead.
 """
 
 from __future__ import annotations
