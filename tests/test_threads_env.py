@@ -72,7 +72,7 @@ def test_cli_and_torchrun_ranks_start_openmp_passive(tmp_path: Path, shared_data
     model = Path(done.stdout.strip().splitlines()[-1])
     assert json.loads((model / "train_spec.json").read_text())["params"]["nproc"] == 2  # trained by torchrun ranks
     spins = spin_counts(done.stderr)
-    # the CLI process (evaluation runs there too), torchrun's launcher and its two ranks
+    # the CLI process (where single-process training and evaluation run), torchrun's launcher, its two ranks
     assert len(spins) >= 4 and set(spins) == {PASSIVE_SPIN}, spins
 
 
