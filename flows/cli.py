@@ -290,7 +290,10 @@ def check_sources(config: Any) -> None:
 def run_pipeline(command: str, config: Any) -> int:
     from flows.runners import build_task_runner
 
+    from tasks.progress import quiet_routine_task_lines
+
     runner = build_task_runner(config.runner)
+    quiet_routine_task_lines()  # each stage shows one live line instead of a line per finished shard
     if command == "curate":
         from flows.curate import curate
 
