@@ -18,6 +18,9 @@ from typing import Any, Sequence
 
 from tasks.errors import UserError  # dependency-free: keeps --help fast
 
+# With no --config a run is sized for its built-in corpus: the models' bare defaults are a
+# starting point for configs, not a run (on the built-in corpus they memorize it).
+DEFAULT_PRESET = "tiny"
 DEFAULT_WORKDIR = "lmwright-work"  # flows.config.DEFAULT_WORKDIR; importing that module is slow for --help
 
 
@@ -120,7 +123,8 @@ def _config_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--source", action="append", default=[], metavar="SRC",
                    help="file, directory, fsspec URL or builtin:pydocs (repeatable); default: the config's sources")
     c.add_argument("--workdir", help=f"datasets, models, caches and reports (default: the config's, else ./{DEFAULT_WORKDIR})")
-    c.add_argument("--config", help="preset name (tiny, small, gpt2-124m) or a YAML file")
+    c.add_argument("--config", default=DEFAULT_PRESET,
+                   help=f"preset name (tiny, small, gpt2-124m) or a YAML file (default: {DEFAULT_PRESET})")
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override one config field, value parsed as YAML (repeatable; keys: lmwright config --list)")
 

@@ -207,3 +207,16 @@ def test_config_show_prints_a_yaml_that_loads_back_to_the_same_config(tmp_path: 
     saved = tmp_path / "resolved.yaml"
     saved.write_text(capsys.readouterr().out)
     assert load_config(PipelineConfig, str(saved)) == load_config(PipelineConfig, "tiny", sets)
+
+
+def test_no_config_means_the_tiny_preset(capsys) -> None:
+    """`lmwright run` with no --config trained the models' bare defaults and memorized the corpus."""
+    import yaml
+
+    from flows.cli import main
+    from flows.config import PipelineConfig, load_config
+
+    assert main(["config", "--show"]) == 0
+    shown = PipelineConfig.model_validate(yaml.safe_load(capsys.readouterr().out))
+    assert shown == load_config(PipelineConfig, "tiny")
+    assert shown.pretrain.max_epochs == 4
