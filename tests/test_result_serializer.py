@@ -20,7 +20,14 @@ from flows.pipeline import PipelineResult
 from flows.train import Evaluation, TrainedModels
 from tasks.dataset import DatasetRef, ShardStats, write_json
 from tasks.modeling import ModelRef
-from tasks.results import RESULT_SERIALIZER, SERIALIZER_TYPE, PersistedFailure, UnsafeResultError, check_record
+from tasks.results import (
+    PERSISTED_RESULTS,
+    RESULT_SERIALIZER,
+    SERIALIZER_TYPE,
+    PersistedFailure,
+    UnsafeResultError,
+    check_record,
+)
 from tasks.stage import StageWork, stage_task
 from tasks.tokenize import TokenDatasetRef
 from tests.prefect_states import task_states
@@ -149,3 +156,30 @@ def test_a_planted_record_is_refused_and_the_task_runs_again(prefect_harness, tm
     record.write_text(json.dumps(saved))
     after, state = run_probe(work)
     assert state == "Completed" and len(RUNS) == 4 and after == first and not pwned_json.exists()
+
+
+# --- flow results --------------------------------------------------------------------------------
+
+
+def test_every_flow_persists_its_result_as_typed_json():
+    from flows.curate import curate
+    from flows.pipeline import pipeline
+    from flows.refresh import refresh
+    from flows.train import evaluate_flow, train_flow
+
+    for f in (curate, pipeline, train_flow, evaluate_flow, refresh):
+        assert f.persist_result and f.result_serializer is RESULT_SERIALIZER, f.name
+
+
+@flow(persist_result=True, **PERSISTED_RESULTS)
+def corpus_flow(path: str) -> CuratedCorpus:
+    return CuratedCorpus(corpus=path, card=f"{path}/card.md", stages={"dedup": path})
+
+
+def test_a_flow_result_on_disk_is_typed_json_and_reads_back_as_its_type(prefect_harness, tmp_path):
+    state = corpus_flow(str(tmp_path), return_state=True)
+    assert state.data.metadata.serializer == RESULT_SERIALIZER  # what the API records for readers
+    blob = Path(state.data.metadata.storage_key).read_bytes()  # a flow's file holds the result alone
+    assert json.loads(blob)["__type__"] == "flows.curate:CuratedCorpus"
+    back = RESULT_SERIALIZER.loads(blob)
+    assert type(back) is CuratedCorpus and back == state.result()
