@@ -13,6 +13,10 @@ DatasetRef and ShardStats, pydantic models, dicts of numbers and strings), so:
 - ``refuse_foreign_record`` runs before Prefect looks a cached result up (in the stage cache
   policy) and deletes a record that names any other serializer, with a warning: Prefect then
   sees no record, the task runs again and its fresh result replaces the planted file.
+  (Prefect accepts only storage blocks saved on a server, so the check cannot live in a storage
+  block; lmwright never reads a flow's result file back, only other processes' ``state.result()``.)
+- ``RecordLocks`` lets one run at a time hold a cache key, so two runs on one workdir do each
+  unit of work once.
 
 Tasks and flows with persisted results take ``**PERSISTED_RESULTS``.
 """
