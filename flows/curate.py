@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from flows.runners import default_task_runner
 from flows.config import CurateConfig
-from flows.forms import CurateForm, resolve_config
+from flows.forms import DEFAULT_PRESET, CurateForm, resolve_config
 from tasks.bias import BIAS_STAGE
 from tasks.card import CardInputs, card_work, require_documents, write_card
 from tasks.dataset import DatasetRef
@@ -48,7 +48,7 @@ def resolved_validation(config: CurateConfig) -> CurateConfig:
 @flow(name="curate", log_prints=True, persist_result=True, task_runner=default_task_runner())
 def curate(
     config: CurateForm | None = None,
-    preset: str | None = None,
+    preset: str | None = DEFAULT_PRESET,
     workdir: str | None = None,
     sources: list[SourceInput] | None = None,
 ) -> CuratedCorpus:
@@ -56,7 +56,7 @@ def curate(
 
     Args:
         config: What this run changes in the preset; an empty field keeps the preset's value. A full config works too.
-        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; empty: every field's default.
+        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; none: every field's model default.
         workdir: Directory for datasets, caches, Data Docs and reports; empty: the preset's.
         sources: Paths, directories, fsspec URLs or builtin:pydocs (a string is a path); empty: the preset's.
     """

@@ -3,10 +3,10 @@
 Prefect replaces a run's parameters per top-level key (the deployment's ``config`` is dropped
 whole when a run sends ``config={"quality": ...}``). So the flows take:
 
-- ``config``: a *partial* config deep-merged over the preset. Every field of its form is
+- ``config``: a *partial* config merged over the preset, section by section. Every field of its form is
   optional; an empty field means "the preset's value", so the form never shows web defaults
   that the preset overrides. A full config object (the CLI, subflows) is accepted as well.
-- ``preset``: a preset name (``tiny``) or a YAML file, read when the run starts.
+- ``preset``: a preset name (``tiny``, the default) or a YAML file, read when the run starts.
 - ``workdir`` and ``sources``: what nearly every run names; parameters of their own, so a run
   that changes a threshold keeps the deployment's workdir and sources. They are hidden from
   ``config``'s form (and rejected there by the server's schema check), so nothing shows twice.
@@ -24,10 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from flows.config import CurateConfig, PipelineConfig, build_config, preset_path, read_yaml
+from flows.config import _section_model as section_model
 from tasks.refresh import RefreshSettings
 from tasks.sources import SourceInput, SourceSpec
 
 C = TypeVar("C", bound=BaseModel)
+# What a run starts from unless it names another preset: the CLI's default (--config) too.
+DEFAULT_PRESET = "tiny"
 
 # Top-level sections in the order people change them (sections not named here follow them);
 # the licence policy, with its two long lists of licences, comes last.
@@ -54,17 +57,6 @@ class FormBase(BaseModel):
         if isinstance(value, BaseModel) and not isinstance(value, FormBase):
             return value.model_dump(include=set(cls.model_fields))
         return value
-
-
-def section_model(annotation: Any) -> type[BaseModel] | None:
-    """The model of a section field (``X`` or ``X | None``); None for a plain value or a list."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) not in (Union, UnionType):
-        return None
-    models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-    others = [a for a in get_args(annotation) if a is not type(None) and a not in models]
-    return models[0] if len(models) == 1 and not others else None
 
 
 def _is_collection(annotation: Any) -> bool:
@@ -136,13 +128,18 @@ def shown_fields(form: type[FormBase]) -> set[str]:
     return set(form.model_json_schema()["properties"])
 
 
-def deep_merge(base: Any, over: Any) -> Any:
-    """``over`` on top of ``base``: mappings merge key by key; lists, values and null replace."""
-    if not isinstance(base, dict) or not isinstance(over, dict):
-        return copy.deepcopy(over)
+def merge_config(model: type[BaseModel], base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, section by section of ``model``: a section merges key by key;
+    any other value (a number, a list, a mapping such as ``model.overrides``, null) replaces."""
     merged = dict(base)
     for key, value in over.items():
-        merged[key] = deep_merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        info = model.model_fields.get(key)
+        section = section_model(info.annotation) if info else None
+        old = base.get(key)
+        if section is not None and isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = merge_config(section, old, value)
+        else:
+            merged[key] = copy.deepcopy(value)
     return merged
 
 
@@ -167,7 +164,7 @@ def resolve_config(
     """The config a run uses: the preset, ``config`` merged over it, then ``workdir``/``sources``."""
     path = preset_path(preset) if preset else None
     data: dict[str, Any] = read_yaml(path) if path else {}
-    data = deep_merge(data, set_fields(config))
+    data = merge_config(model, data, set_fields(config))
     if workdir:
         data["workdir"] = workdir
     if sources:
@@ -179,7 +176,7 @@ def resolve_config(
 
 def resolve_settings(config: PipelineConfig, settings: BaseModel | dict[str, Any] | None) -> RefreshSettings:
     """The refresh settings of a run: the config's ``refresh`` section with ``settings`` merged over it."""
-    data = deep_merge(config.refresh.model_dump(), set_fields(settings))
+    data = merge_config(RefreshSettings, config.refresh.model_dump(), set_fields(settings))
     return build_config(PipelineConfig, {"refresh": data}, "the run's settings").refresh
 
 
@@ -194,12 +191,13 @@ def run_parameters(config: CurateConfig, form: type[FormBase] = CurateForm, pres
 
 
 __all__ = [
+    "DEFAULT_PRESET",
     "CurateForm",
     "PipelineForm",
     "RefreshForm",
     "RefreshSettingsForm",
     "SourceInput",
-    "deep_merge",
+    "merge_config",
     "form_model",
     "resolve_config",
     "resolve_settings",

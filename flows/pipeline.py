@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from flows.runners import build_task_runner, default_task_runner
 from flows.config import PipelineConfig
 from flows.curate import curate
-from flows.forms import PipelineForm, resolve_config
+from flows.forms import DEFAULT_PRESET, PipelineForm, resolve_config
 from flows.train import Evaluation, TrainedModels, evaluate_flow, train_flow
 from tasks.sources import SourceInput
 
@@ -43,7 +43,7 @@ class PipelineResult(BaseModel):
 def pipeline(
     config: PipelineForm | None = None,
     until: Until = "export",
-    preset: str | None = None,
+    preset: str | None = DEFAULT_PRESET,
     workdir: str | None = None,
     sources: list[SourceInput] | None = None,
 ) -> PipelineResult:
@@ -52,7 +52,7 @@ def pipeline(
     Args:
         config: What this run changes in the preset; an empty field keeps the preset's value. A full config works too.
         until: The last stage to run.
-        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; empty: every field's default.
+        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; none: every field's model default.
         workdir: Directory for datasets, models, caches and reports; empty: the preset's.
         sources: Paths, directories, fsspec URLs or builtin:pydocs (a string is a path); empty: the preset's.
     """

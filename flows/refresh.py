@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from flows.config import PipelineConfig
 from flows.curate import curate
-from flows.forms import RefreshForm, RefreshSettingsForm, resolve_config, resolve_settings
+from flows.forms import DEFAULT_PRESET, RefreshForm, RefreshSettingsForm, resolve_config, resolve_settings
 from flows.train import Evaluation, TrainedModels, evaluate_flow
 from models.checkpoint import load_config
 from tasks.dataset import DatasetRef, file_sha256, is_complete
@@ -87,7 +87,7 @@ class RefreshResult(BaseModel):
 def refresh(
     config: RefreshForm | None = None,
     settings: RefreshSettingsForm | None = None,
-    preset: str | None = None,
+    preset: str | None = DEFAULT_PRESET,
     workdir: str | None = None,
     sources: list[SourceInput] | None = None,
 ) -> RefreshResult:
@@ -98,7 +98,7 @@ def refresh(
         config: What this run changes in the preset; an empty field keeps the preset's value. A full config works too.
         settings: Replay, cross-version dedup and promotion of this refresh; empty fields keep the preset's
             refresh section. The nightly schedule is the deployment's, not a run's.
-        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; empty: every field's default.
+        preset: A preset name (tiny, small, gpt2-124m) or a YAML file; none: every field's model default.
         workdir: Directory for corpus versions, datasets, models and reports; empty: the preset's.
         sources: Paths, directories, fsspec URLs (a string is a path); new files in them are ingested.
     """

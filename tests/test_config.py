@@ -156,3 +156,25 @@ def test_form_puts_often_changed_fields_first_and_long_lists_last() -> None:
     assert sections.index("quality") < sections.index("license") and sections[-1] == "license"
     license_fields = list(schema["$defs"]["LicenseParamsForm"]["properties"])
     assert license_fields[-3:] == ["pretraining", "finetuning", "optout_paths"]
+
+
+def test_a_mapping_value_replaces_the_presets_while_sections_merge(tmp_path: Path) -> None:
+    """pretrain.model.overrides is a value (a mapping of GPT fields), not a section: a run's replaces the preset's."""
+    from flows.config import PipelineConfig
+    from flows.forms import resolve_config
+
+    preset = tmp_path / "wide.yaml"
+    preset.write_text("pretrain:\n  lr: 0.002\n  model: {preset: tiny, overrides: {n_layer: 4}}\n")
+    cfg = resolve_config(PipelineConfig, {"pretrain": {"model": {"overrides": {"n_embd": 64}}}}, str(preset))
+    assert cfg.pretrain.model.overrides == {"n_embd": 64} and cfg.pretrain.model.preset == "tiny" and cfg.pretrain.lr == 0.002
+
+
+def test_flows_start_from_the_tiny_preset_like_the_cli() -> None:
+    from flows.config import PipelineConfig
+    from flows.forms import DEFAULT_PRESET, resolve_config
+    from flows.pipeline import pipeline
+
+    params = pipeline.validate_parameters({"config": {"pretrain": {"max_steps": 7}}})
+    cfg = resolve_config(PipelineConfig, params["config"], params["preset"])
+    assert params["preset"] == DEFAULT_PRESET == "tiny"
+    assert cfg.pretrain.max_steps == 7 and cfg.tokenize == load_config(PipelineConfig, "tiny").tokenize
