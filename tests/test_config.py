@@ -178,3 +178,15 @@ def test_flows_start_from_the_tiny_preset_like_the_cli() -> None:
     cfg = resolve_config(PipelineConfig, params["config"], params["preset"])
     assert params["preset"] == DEFAULT_PRESET == "tiny"
     assert cfg.pretrain.max_steps == 7 and cfg.tokenize == load_config(PipelineConfig, "tiny").tokenize
+
+
+def test_refresh_settings_of_a_run_merge_over_the_presets_refresh_section(tmp_path: Path) -> None:
+    from flows.config import PipelineConfig
+    from flows.forms import resolve_config, resolve_settings
+    from flows.refresh import refresh
+
+    preset = tmp_path / "nightly.yaml"
+    preset.write_text("refresh:\n  replay_seed: 7\n  cron: '0 3 * * *'\n  timezone: Europe/Berlin\n")
+    params = refresh.validate_parameters({"settings": {"replay_fraction": 0.2}, "preset": str(preset)})
+    settings = resolve_settings(resolve_config(PipelineConfig, params["config"], params["preset"]), params["settings"])
+    assert settings.replay_fraction == 0.2 and settings.replay_seed == 7 and settings.timezone == "Europe/Berlin"
