@@ -120,6 +120,16 @@ def test_retry_condition_gives_up_on_a_full_or_read_only_disk() -> None:
     assert disk_errno(RuntimeError("outer")) is None
 
 
+def test_every_stage_and_training_task_uses_that_retry_condition() -> None:
+    from tasks.dedup import compute_signatures, find_clusters
+    from tasks.modeling import evaluate_model, export_model, finetune_model, pretrain_model
+    from tasks.stage import finalize_stage, process_shard
+
+    for t in (process_shard, finalize_stage, compute_signatures, find_clusters, pretrain_model, finetune_model,
+              evaluate_model, export_model):
+        assert t.retry_condition_fn is is_not_data_quality_error, t.name
+
+
 def test_a_write_that_fills_the_disk_leaves_no_temp_file_and_names_the_file(small_disk: Path) -> None:
     shard = small_disk / "datasets" / "ingest" / "fp" / "part-00000.parquet"
     docs = pl.DataFrame({"text": [os.urandom(256).hex() for _ in range(8000)]})  # ~4 MB, incompressible
