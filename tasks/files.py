@@ -60,6 +60,31 @@ def as_disk_error(exc: BaseException, path: Path) -> DiskError | None:
     return None if code is None else DiskError(code, os.strerror(code), str(path))
 
 
+def disk_problem(directory: Path, probe_bytes: int = 1 << 20) -> DiskError | None:
+    """A DiskError when ``directory`` cannot take ``probe_bytes`` more (full, over quota, read-only).
+
+    For failures seen only from outside, e.g. a torchrun rank that died: its exception stayed in
+    its own process, but if the disk it writes to is full, that was the cause and a retry is futile.
+    """
+    try:
+        with atomic_path(directory / ".disk-probe") as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"\0" * probe_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            raise _ProbeDone
+    except _ProbeDone:
+        return None
+    except DiskError as e:
+        return DiskError(e.errno, e.strerror, str(directory))
+    except OSError:
+        return None
+
+
+class _ProbeDone(Exception):
+    """Ends a disk probe before its file is renamed into place (the probe leaves nothing)."""
+
+
 def temp_path_for(path: Path) -> Path:
     """A temp name beside ``path``, unique per call (two writers of one file never collide)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")

@@ -29,7 +29,7 @@ from models.checkpoint import load_checkpoint, load_config
 from models.export import export_hf
 from models.gpt import GPT, GPTConfig
 from tasks.dataset import write_json
-from tasks.files import point_latest
+from tasks.files import disk_problem, point_latest
 from tasks.evaluate import (
     EvalParams,
     fit_diagnosis,
@@ -241,6 +241,8 @@ def _torchrun(
         seen = _relay_progress(out / "metrics.jsonl", seen, progress)
     _relay_progress(out / "metrics.jsonl", seen, progress)
     if proc.returncode != 0:
+        if (full := disk_problem(out)) is not None:  # the rank's own error stayed in its process
+            raise full
         raise RuntimeError(f"torchrun exited with {proc.returncode}: {' '.join(cmd)}")
     return TrainResult.model_validate_json((out / "train_result.json").read_text())
 

@@ -20,7 +20,7 @@ from typing import Iterator
 import polars as pl
 import pytest
 
-from tasks.files import DiskError, atomic_path, disk_errno
+from tasks.files import DiskError, atomic_path, disk_errno, disk_problem
 from tasks.dataset import write_parquet
 from tasks.stage import is_not_data_quality_error
 
@@ -140,6 +140,18 @@ def test_a_write_that_fills_the_disk_leaves_no_temp_file_and_names_the_file(smal
     with pytest.raises(DiskError), atomic_path(small_disk / "big.bin") as tmp:  # plain Python writes too
         tmp.write_bytes(os.urandom(2 << 20))
     assert temp_files(small_disk) == [] and not (small_disk / "big.bin").exists()
+
+
+def test_a_disk_probe_tells_a_full_or_read_only_disk_and_leaves_nothing(small_disk: Path) -> None:
+    """What a training task checks when a torchrun rank died: its exception stayed in the rank."""
+    assert disk_problem(small_disk, probe_bytes=64 << 10) is None
+    (small_disk / "checkpoint.bin").write_bytes(b"x" * (1000 << 10))  # as if a rank filled it
+    full = disk_problem(small_disk, probe_bytes=64 << 10)
+    assert full is not None and full.errno == errno.ENOSPC and str(small_disk) in str(full)
+    (small_disk / "checkpoint.bin").unlink()
+    remount_read_only(small_disk)
+    assert disk_problem(small_disk, probe_bytes=64 << 10).errno == errno.EROFS
+    assert sorted(p.name for p in small_disk.iterdir()) == []
 
 
 @pytest.mark.e2e
