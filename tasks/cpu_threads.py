@@ -4,11 +4,12 @@ torch's CPU kernels run on GNU OpenMP (libgomp). By default an idle OpenMP threa
 (~300,000 turns) before it sleeps, betting that the next parallel region comes soon. On a
 quiet machine the bet pays; when other processes want the same cores, the spinning threads
 take the time slices the working threads need, and every small region waits for a thread
-that is not scheduled. On 2 shared cores (load average 13-28) the tiny model trained 4-6x
-faster with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once) and evaluated 100x
+that is not scheduled. On 2 shared cores (load average 10-28) the tiny model trained 4-9x
+faster with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once) and evaluated 36-149x
 faster (benchmarks/busy_machine.py); on a quiet machine the first probe saw no cost (6,000
-vs 6,050 tokens/s). It also beats capping torch at one thread (1.5-1.6x training, 3-4x
-evaluation, same runs), so torch's thread count is left as it is.
+vs 6,050 tokens/s). Capping torch at one thread avoids the spinning too but was slower in
+most pairs (PASSIVE: 1.1-1.8x training, 0.8-5.9x evaluation), so torch's thread count is
+left as it is.
 
 libgomp reads its environment once, when it is loaded (at ``import torch``), so the setting
 must be in ``os.environ`` before that, in every process that runs torch. The ``flows``,
