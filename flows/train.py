@@ -20,7 +20,8 @@ from tasks.model_card import render_model_card
 from tasks.withdraw import withdrawal_report
 from tasks.sft import SftDatasetRef, run_sft_data
 from tasks.results import PERSISTED_RESULTS
-from tasks.stage import plan_stage
+from tasks.files import append_line_once
+from tasks.stage import is_not_data_quality_error, plan_stage
 from tasks.tokenize import TokenDatasetRef, run_tokenize
 
 PROMOTED = "promoted.json"
@@ -129,19 +130,19 @@ def publish_energy(blocks: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], persist_result=False)  # nothing to reuse: no record to read back
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=is_not_data_quality_error, persist_result=False)
 def promote(workdir: str, hf_dir: str, metrics: dict[str, Any]) -> tuple[bool, list[str]]:
     """Move the promoted-model pointer to this export if the gate passed; else keep the old one and say why."""
     logger = get_run_logger()
     gate = metrics["gate"]
     pointer = Path(workdir) / PROMOTED
     entry = {"export": hf_dir, "model": metrics["model"], "val_bpb": metrics["val_bpb"], "val_loss": metrics["val_loss"]}
-    with open(Path(workdir) / "promotions.jsonl", "a") as log:
-        log.write(json.dumps({**entry, "promoted": gate["passed"], "failures": gate["failures"]}) + "\n")
+    append_line_once(Path(workdir) / "promotions.jsonl", json.dumps({**entry, "promoted": gate["passed"], "failures": gate["failures"]}))
     if not gate["passed"]:
         previous = json.loads(pointer.read_text())["export"] if pointer.exists() else "none"
         logger.warning("not promoted (%s); the promoted model stays %s", "; ".join(gate["failures"]), previous)
         return False, gate["failures"]
-    write_json(pointer, entry)
+    if not (pointer.is_file() and json.loads(pointer.read_text()) == entry):  # a cached rerun: already there
+        write_json(pointer, entry)
     logger.info("promoted %s", hf_dir)
     return True, []

@@ -145,6 +145,25 @@ def atomic_copy(src: Path, dest: Path, hard_link: bool = False) -> None:
         shutil.copyfile(src, tmp)
 
 
+def last_line(path: Path, tail_bytes: int = 1 << 16) -> str | None:
+    """The last line of a text file (read from its tail), or None when it is missing or empty."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    return lines[-1] if lines else None
+
+
+def append_line_once(path: Path, line: str) -> None:
+    """Append ``line`` to a log unless it is already the last one: a cached rerun repeats its
+    decision without writing (a read-only workdir stays usable)."""
+    if last_line(path) != line:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
 def write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -191,6 +191,29 @@ def test_a_cached_curate_succeeds_on_a_read_only_workdir(prefect_harness, small_
     assert sorted(str(p.relative_to(small_disk)) for p in small_disk.rglob("*")) == before
 
 
+def test_a_repeated_promotion_decision_writes_nothing(prefect_harness, small_disk: Path) -> None:
+    """A cached `lmwright run` ends by promoting the same export again: on a read-only workdir too."""
+    from prefect import flow
+
+    from flows.train import promote
+
+    workdir = small_disk / "w"
+    workdir.mkdir()
+    passed = {"gate": {"passed": True, "failures": []}, "model": "m", "val_bpb": 1.5, "val_loss": 2.5}
+    failed = {**passed, "gate": {"passed": False, "failures": ["val_bpb 1.5 > 1.2"]}}
+
+    @flow
+    def decide(metrics: dict) -> tuple[bool, list[str]]:
+        return promote(str(workdir), str(workdir / "exports" / "hf"), metrics)
+
+    assert decide(failed) == (False, ["val_bpb 1.5 > 1.2"])
+    assert decide(passed) == (True, [])
+    log = (workdir / "promotions.jsonl").read_text()
+    remount_read_only(small_disk)
+    assert decide(passed) == (True, [])  # the same decision again: nothing to write
+    assert (workdir / "promotions.jsonl").read_text() == log and len(log.splitlines()) == 2
+
+
 # --- two runs, one workdir ----------------------------------------------------------------------------
 
 
