@@ -158,6 +158,9 @@ class _RoutineStateLines(logging.Filter):
 
 def quiet_routine_task_lines() -> None:
     """On the terminal only (the Prefect API still receives every log line)."""
-    for handler in logging.getLogger("prefect").handlers:
+    import prefect.main  # noqa: F401 - configures Prefect's logging (a bare `import prefect` does not)
+
+    # Prefect's console handler sits on the root logger; its run loggers propagate to it.
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         if not any(isinstance(f, _RoutineStateLines) for f in handler.filters):
             handler.addFilter(_RoutineStateLines())

@@ -66,3 +66,14 @@ def test_a_stage_name_with_underscores_gives_a_valid_artifact_key(prefect_harnes
     shards()
     with get_client(sync_client=True) as client:
         assert "dedup-previous-progress" in {a.key for a in client.read_artifacts()}
+
+
+def test_the_filter_sits_on_prefects_console_handler() -> None:
+    """Prefect's console handler is on the root logger (run loggers propagate to it): a filter elsewhere filters nothing."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from tasks.progress import quiet_routine_task_lines
+
+    quiet_routine_task_lines()
+    consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    assert consoles and all(any(isinstance(f, _RoutineStateLines) for f in h.filters) for h in consoles)
