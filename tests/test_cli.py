@@ -220,3 +220,15 @@ def test_no_config_means_the_tiny_preset(capsys) -> None:
     shown = PipelineConfig.model_validate(yaml.safe_load(capsys.readouterr().out))
     assert shown == load_config(PipelineConfig, "tiny")
     assert shown.pretrain.max_epochs == 4
+
+
+def test_the_embedded_server_gets_time_to_start_on_a_busy_machine(monkeypatch, capsys) -> None:
+    """Prefect waits 20 s for its embedded server; a busy 2-core machine missed that in three runs a week."""
+    from flows.cli import EMBEDDED_SERVER_STARTUP_SECONDS, main
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert main(["config", "--show"]) == 0
+    assert int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) == EMBEDDED_SERVER_STARTUP_SECONDS >= 120
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")  # the user's choice wins
+    assert main(["config", "--show"]) == 0
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "600"
