@@ -11,9 +11,9 @@ import errno
 import json
 import os
 import random
-import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -217,12 +217,43 @@ def test_a_repeated_promotion_decision_writes_nothing(prefect_harness, small_dis
 # --- two runs, one workdir ----------------------------------------------------------------------------
 
 
+def curate_runs_since(started: datetime) -> list:
+    """Ids of the curate flow runs that started after ``started`` (on the test server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["curate"])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)),
+        )
+    return [r.id for r in runs]
+
+
+def task_runs(flow_run_id) -> dict[str, tuple[str, int]]:
+    """task run name -> (final state name, times its function ran), read from the API once settled."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tests.prefect_states import task_states
+
+    names = task_states(flow_run_id)  # waits until every task run reached a final state
+    with get_client(sync_client=True) as client:
+        found = []
+        while page := client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200, offset=len(found)
+        ):
+            found += page
+    return {r.name: (names.get(r.name, "None"), r.run_count) for r in found}
+
+
 @pytest.mark.e2e
 def test_two_curates_on_one_workdir_agree_without_retries(prefect_harness, tmp_path: Path) -> None:
     docs = english_docs(80, sentences=6)
     src = write_corpus(tmp_path / "corpus.jsonl", docs + [{**d, "id": f"again-{d['id']}"} for d in docs[:10]])
     workdir = tmp_path / "w"
     cmd, env = lmwright_cmd("curate", "--source", str(src), "--workdir", str(workdir), *CURATE, home=tmp_path / "home")
+    started = datetime.now(timezone.utc)
     runs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     outputs = [r.communicate(timeout=600) for r in runs]
@@ -232,8 +263,11 @@ def test_two_curates_on_one_workdir_agree_without_retries(prefect_harness, tmp_p
     corpora = [Path(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert corpora[0] == corpora[1]
     # Each unit of work was done by one run; the other waited for its lock and read it from the cache.
-    ran = [set(re.findall(r"Task run '([^']+)' - Finished in state Completed\(", err)) for _, err in outputs]
+    runs_states = [task_runs(run_id) for run_id in curate_runs_since(started)]
+    assert len(runs_states) == 2
+    ran = [{name for name, (state, _) in states.items() if state == "Completed"} for states in runs_states]
     assert ran[0] | ran[1] and not ran[0] & ran[1], sorted(ran[0] & ran[1])
+    assert all(count <= 1 for states in runs_states for _, count in states.values())  # no task ran twice
     manifest = json.loads((corpora[0] / "manifest.json").read_text())
     stats = json.loads((corpora[0] / "stats.json").read_text())
     assert manifest["rows"] > 0 and stats["rejected_by_reason"].get("dedup_exact", 0) >= 10  # the repeated 10
