@@ -221,7 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EMBEDDED_SERVER_STARTUP_SECONDS))
     try:
         quiet_tracebacks_of_user_errors()
-        return run_command(args)
+        from flows.embedded_server import command_server
+
+        with command_server(args.command, PIPELINE):  # Prefect's server starts now, while the stages import
+            return run_command(args)
     except KeyboardInterrupt:
         print("lmwright: interrupted", file=sys.stderr)
         return 130
@@ -292,6 +295,7 @@ def check_sources(config: Any) -> None:
 
 
 def run_pipeline(command: str, config: Any) -> int:
+    from flows.embedded_server import wait_for_server
     from flows.runners import build_task_runner
 
     from tasks.progress import quiet_routine_task_lines
@@ -301,6 +305,7 @@ def run_pipeline(command: str, config: Any) -> int:
     if command == "curate":
         from flows.curate import curate
 
+        wait_for_server()
         result = curate.with_options(task_runner=runner)(config)
         print(f"data card: {result.card}", file=sys.stderr)
         print(result.corpus)
@@ -309,6 +314,7 @@ def run_pipeline(command: str, config: Any) -> int:
     from flows.pipeline import pipeline
 
     until = "export" if command == "run" else command
+    wait_for_server()
     result = pipeline.with_options(task_runner=runner)(config, until=until)
     print(f"data card: {result.card}", file=sys.stderr)
     if result.models:

@@ -19,7 +19,6 @@ from tasks.bias import BiasAuditParams, BiasParams
 from tasks.dedup import DedupParams
 from tasks.energy import CarbonWindow, EnergySettings
 from tasks.errors import UserError
-from tasks.evaluate import EvalParams
 from tasks.ingest import IngestParams
 from tasks.langid import LangidParams
 from tasks.license import LicenseParams
@@ -30,7 +29,7 @@ from tasks.refresh import RefreshSettings
 from tasks.retention import RejectedSettings, RetentionSettings
 from tasks.sft import SftDataParams
 from tasks.tokenize import TokenizeParams
-from tasks.train import LoraParams, TrainParams
+from tasks.train_params import EvalParams, LoraParams, TrainParams  # not tasks.train/evaluate: those import torch
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_WORKDIR = "lmwright-work"

@@ -50,7 +50,7 @@ def train_flow(config: PipelineConfig, corpus: str, until: str = "finetune") -> 
     if until == "pretrain" or not config.finetune.enabled:
         return TrainedModels(tokens=tokens.path, pretrained=pretrained.path)
 
-    block = pretrained.load().config.block_size
+    block = pretrained.result()["model_config_json"]["block_size"]  # result.json: no torch, no weights
     sft = run_sft_data(workdir, tokens, config.finetune.data, block)
     ft_params = {"train": config.finetune.train, "lora": config.finetune.lora}
     work = model_work(workdir, "finetune", ft_params, [pretrained.fingerprint, sft.fingerprint])

@@ -15,54 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from models.gpt import GPT
+from tasks.train_params import EvalParams, GateParams  # noqa: F401 - defined without torch, for configs
 
 LN2 = math.log(2)
-
-
-class GateParams(BaseModel):
-    """Promotion gate: a model is promoted only if every threshold holds (null: not checked)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_val_bpb: float | None = Field(None, gt=0, description="Highest acceptable validation bits per byte.")
-    max_val_loss: float | None = Field(None, gt=0, description="Highest acceptable validation loss (nats/token).")
-    min_gain_over_unigram: float | None = Field(
-        0.05, description="Validation loss must beat the unigram baseline by this fraction (underfitting guard)."
-    )
-    allow_overfitting: bool = Field(False, description="Promote even when the overfitting signal is raised.")
-    max_response_loss: float | None = Field(None, gt=0, description="Highest acceptable held-out SFT response loss.")
-    max_bias_gap: float | None = Field(None, gt=0, description="Highest acceptable per-axis gap in mean log-likelihood across groups.")
-    max_valence_gap: float | None = Field(
-        None, gt=0, description="Highest acceptable per-axis gap in (negative - positive) continuation likelihood across groups."
-    )
-
-
-class EvalParams(BaseModel):
-    """What evaluation measures and how a model is judged."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_tokens: int = Field(100_000, ge=1, description="Held-out tokens scored (in full, non-overlapping blocks).")
-    batch_size: int = Field(8, ge=1, description="Blocks per forward pass.")
-    overfit_tolerance: float = Field(
-        0.02, ge=0, description="Raise overfitting when final val loss exceeds its best by this much while train loss fell."
-    )
-    flat_tolerance: float = Field(0.01, ge=0, description="Raise underfitting when val loss improved less than this fraction overall.")
-    sample_prompts: list[str] = Field(
-        default_factory=lambda: ["The ", "Return the ", "This module "],
-        description="Prompts for fixed-seed samples shown in the report.",
-    )
-    sample_tokens: int = Field(48, ge=1, description="Tokens generated per sample.")
-    sample_seed: int = Field(0, description="Seed of the sampling generator.")
-    temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy).")
-    top_k: int | None = Field(50, ge=1, description="Sample among the top k tokens; null: all.")
-    bias_probes: str | None = Field(
-        "configs/lexicons/probes.yaml", description="Counterfactual probe templates (YAML); null: no bias probes."
-    )
-    gate: GateParams = Field(default_factory=GateParams, description="Promotion thresholds.")
 
 
 @torch.no_grad()

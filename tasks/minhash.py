@@ -38,8 +38,6 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 import polars as pl
-from datasketch import MinHash
-from datasketch.hashfunc import sha1_hash32, sha1_hash64
 
 Scheme = Literal["affine32", "affine64", "legacy"]
 ShingleHash = Literal["word_mix", "sha1"]
@@ -107,6 +105,8 @@ def word_mix_hash32(shingle: bytes) -> int:
     (words: ``shingle.split(b" ")``). ``MinHash(..., hashfunc=word_mix_hash32)`` reproduces
     the batched signatures bit for bit.
     """
+    from datasketch.hashfunc import sha1_hash32  # datasketch imports scipy: only where it is used
+
     return murmur3_32(b"".join(sha1_hash32(w).to_bytes(4, "little") for w in shingle.split(b" ")))
 
 
@@ -114,6 +114,8 @@ def datasketch_hashfunc(hash: ShingleHash, scheme: Scheme) -> Callable[[bytes], 
     """The ``hashfunc`` to give ``datasketch.MinHash`` so it reproduces our signatures."""
     if hash == "word_mix":
         return word_mix_hash32
+    from datasketch.hashfunc import sha1_hash32, sha1_hash64
+
     return sha1_hash64 if scheme == "affine64" else sha1_hash32
 
 
@@ -125,6 +127,8 @@ def signature_dtype(scheme: Scheme) -> type[np.unsignedinteger]:
 @lru_cache(maxsize=16)
 def permutations(num_perm: int, seed: int, scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's own permutation parameters (a, b), each shaped (num_perm,)."""
+    from datasketch import MinHash  # imports scipy (seconds): not on a cached run
+
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme=scheme).permutations
     a, b = np.asarray(a), np.asarray(b)
     a.setflags(write=False)

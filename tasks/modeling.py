@@ -15,39 +15,29 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_table_artifact,
 )
 
-from models.checkpoint import load_checkpoint, load_config
-from models.export import export_hf
-from models.gpt import GPT, GPTConfig
 from tasks.dataset import write_json
 from tasks.files import disk_problem, point_latest
-from tasks.evaluate import (
-    EvalParams,
-    fit_diagnosis,
-    gate_failures,
-    heldout_loss,
-    read_history,
-    response_loss,
-    samples,
-    unigram_loss,
-)
 from tasks.bias import load_probes, probe_bias, probe_gate_failures, probe_metrics
 from tasks.energy import EnergyRecord, EnergySettings, track, training_efficiency
 from tasks.sft import SftDatasetRef
 from tasks.stage import StageWork, plan_stage, stage_task
 from tasks.tokenize import TokenDatasetRef, load_tokenizer
 from tasks.progress import LiveProgress
-from tasks.train import Batches, LoraParams, TrainParams, TrainResult, model_config, resolve_device, step_budget, train
-from tasks.train_plan import TrainingPlan, measure_step_seconds, plan_training
+from tasks.train_params import EvalParams, LoraParams, TrainParams
+
+if TYPE_CHECKING:  # torch: imported by the functions that train, evaluate or export, not by a cached run
+    from models.gpt import GPT
+    from tasks.train import Batches, TrainResult
+    from tasks.train_plan import TrainingPlan
 
 VERSION = "1"
 CHAT_TEMPLATE = (
@@ -77,6 +67,9 @@ class ModelRef:
         return json.loads((Path(self.path) / "result.json").read_text())
 
     def load(self, device: str = "cpu") -> GPT:
+        from models.checkpoint import load_checkpoint, load_config
+        from models.gpt import GPT, GPTConfig
+
         model = GPT(GPTConfig.from_dict(load_config(self.best))).to(device)
         load_checkpoint(self.best, model, restore_rng=False)
         return model.eval()
@@ -133,6 +126,8 @@ class TrainingProgress:
 
 
 def plot_losses(model_dir: Path) -> Path | None:
+    from tasks.evaluate import read_history
+
     history = read_history(model_dir)
     if not history:
         return None
@@ -171,6 +166,7 @@ def fit(
     ``data`` says where examples come from ({kind: tokens, train, val, dtype} or
     {kind: sft, dir}); the ranks read it themselves, so nothing large crosses processes.
     """
+    from tasks.train import train
     from tasks.train_worker import load_batches
 
     batches = load_batches({"data": data})  # memory maps: cheap, and the plan needs their sizes
@@ -194,6 +190,12 @@ def make_plan(
     params: TrainParams, vocab: int, init_from: Path | None, batches: Batches, energy: EnergySettings | None
 ) -> TrainingPlan:
     """The run's plan from the data sizes and a short timing of the model on this machine."""
+    import torch
+
+    from models.gpt import GPT
+    from tasks.train import model_config, resolve_device, step_budget
+    from tasks.train_plan import measure_step_seconds, plan_training
+
     cfg = model_config(params, vocab, init_from)
     batches.check(cfg.block_size)
     world = params.nproc * params.nnodes
@@ -244,6 +246,8 @@ def _torchrun(
         if (full := disk_problem(out)) is not None:  # the rank's own error stayed in its process
             raise full
         raise RuntimeError(f"torchrun exited with {proc.returncode}: {' '.join(cmd)}")
+    from tasks.train import TrainResult
+
     return TrainResult.model_validate_json((out / "train_result.json").read_text())
 
 
@@ -307,6 +311,8 @@ def finetune_model(
         return ModelRef(work.stage, work.fingerprint, work.out_dir)
     out = Path(work.out_dir)
     (out / "tokenizer.json").write_bytes(base.tokenizer_path.read_bytes())
+    from models.checkpoint import load_config
+
     vocab = load_config(base.best)["vocab_size"]
     with track(work.stage, energy) as used:
         result, plan = fit(work.stage, out, {"kind": "sft", "dir": sft.path}, params, vocab, base.best, energy, lora=lora)
@@ -331,6 +337,10 @@ def evaluate_model(
     out = Path(work.out_dir)
     if work.done():
         return json.loads((out / "metrics.json").read_text())
+    import torch
+
+    from tasks.evaluate import fit_diagnosis, gate_failures, heldout_loss, read_history, response_loss, samples, unigram_loss
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_ref.load(device)
     meta = tokens.meta()
@@ -412,6 +422,8 @@ def export_model(work: StageWork, model_ref: ModelRef, metrics: dict[str, Any], 
     out = Path(work.out_dir)
     if work.done():
         return str(out / "hf")
+    from models.export import export_hf
+
     model = model_ref.load("cpu")
     export_hf(
         model,

@@ -15,70 +15,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from models.checkpoint import load_checkpoint, load_config, save_checkpoint
 from models.gpt import GPT, GPTConfig, apply_lora, merge_lora
 from tasks.errors import TrainingDataError
+from tasks.train_params import LoraParams, ModelSpec, TrainParams  # noqa: F401 - defined without torch, for configs
 
 VERSION = "1"
-
-
-class ModelSpec(BaseModel):
-    """Which architecture: a named preset plus field overrides."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    preset: str = Field("tiny", description="Model preset: tiny (2 CPU cores, minutes), small, gpt2-124m (GPU).")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="GPTConfig fields to change, e.g. {dropout: 0.1}.")
-
-    def build(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig.preset(self.preset, **{**self.overrides, "vocab_size": vocab_size})
-
-
-class TrainParams(BaseModel):
-    """One training run: model, optimizer, schedule, budgets, regularization, early stopping."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture (ignored when continuing from a checkpoint).")
-    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
-    min_lr: float = Field(2e-4, ge=0, description="Learning rate at the end of the cosine decay.")
-    warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
-    max_steps: int = Field(1000, ge=1, description="Optimizer steps: the budget; the cosine schedule spans them.")
-    max_epochs: float | None = Field(
-        None, gt=0, description="Cap the steps so no training token is seen more than this many times (overfitting guard); null: no cap."
-    )
-    max_seconds: float | None = Field(
-        None,
-        gt=0,
-        description="Wall-clock guard, not a budget: set it well above the expected time. A run it cuts short says so and keeps its best.",
-    )
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, on matrices only (regularization).")
-    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
-    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
-    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null: no clipping.")
-    eval_interval: int = Field(100, ge=1, description="Steps between validations (and early-stopping checks).")
-    eval_batches: int = Field(10, ge=1, description="Micro-batches per validation estimate.")
-    patience: int | None = Field(5, ge=1, description="Stop after this many validations without improvement; null: never.")
-    min_delta: float = Field(1e-3, ge=0, description="Improvement in val loss that resets patience.")
-    checkpoint_interval: int = Field(100, ge=1, description="Steps between resumable checkpoints (at most this much work is lost to a kill).")
-    seed: int = Field(1337, description="Seed of initialization, batches and dropout.")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when available, else CPU.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
-    compile: bool = Field(False, description="torch.compile the model (GPU).")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
-    nproc: int = Field(1, ge=1, description="Data-parallel processes per node (torchrun + DDP: gloo on CPU, NCCL on GPU).")
-    nnodes: int = Field(1, ge=1, description="Nodes taking part in data-parallel training.")
-    rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous when nnodes > 1.")
 
 
 @dataclass(frozen=True)
@@ -191,18 +141,6 @@ class TrainResult(BaseModel):
     seconds: float
     flops: float
     model_config_json: dict[str, Any]
-
-
-class LoraParams(BaseModel):
-    """Low-rank adapters: train few parameters on top of frozen pretrained weights, merged for export."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rank: int = Field(8, ge=1, description="Rank of the adapters.")
-    alpha: float = Field(16.0, gt=0, description="Scale: the update is (alpha / rank) * B A.")
-    targets: list[str] = Field(
-        default_factory=lambda: ["q", "k", "v", "o"], description="Linear layers that get adapters (q k v o gate up down)."
-    )
 
 
 StepHook = Callable[[int, int, Callable[[], float]], None]
