@@ -174,7 +174,8 @@ def fit(
     if data.get("heldout_tail"):
         plan.warnings.append(
             f"the corpus has too few documents for a document-level validation split: the last "
-            f"{data['heldout_tail']:,} training tokens validate instead, so validation loss reads optimistic"
+            f"{data['heldout_tail']:,} tokens of its {data['heldout_from']} split validate instead, so validation "
+            "loss reads optimistic"
         )
     progress = TrainingProgress(stage, plan.steps, plan.tokens_per_step)
     progress.plan(plan)
@@ -345,10 +346,11 @@ def evaluate_model(
     model = model_ref.load(device)
     meta = tokens.meta()
     live = LiveProgress(f"evaluate {model_ref.stage}", 1, unit="blocks", artifact_key=f"evaluate-{work.unit or 'model'}-progress")
-    val_loss, scored = heldout_loss(model, tokens.val_tokens(), params, device, on_blocks=_blocks_progress(live, 0))
-    train_loss, _ = heldout_loss(model, tokens.train_tokens(), params, device, on_blocks=_blocks_progress(live, 1))
+    train_tokens, val_tokens = tokens.heldout_split()
+    val_loss, scored = heldout_loss(model, val_tokens, params, device, on_blocks=_blocks_progress(live, 0))
+    train_loss, _ = heldout_loss(model, train_tokens, params, device, on_blocks=_blocks_progress(live, 1))
     live.finish(live.total)
-    unigram = unigram_loss(np.asarray(tokens.train_tokens()), np.asarray(tokens.val_tokens()), meta["vocab_size"])
+    unigram = unigram_loss(np.asarray(train_tokens), np.asarray(val_tokens), meta["vocab_size"])
     bytes_per_token = meta["bytes_per_token"]["val"]
     history = read_history(Path(model_ref.path))
     fit = fit_diagnosis(history, val_loss, unigram, params)

@@ -373,34 +373,41 @@ class TokenDatasetRef:
             return np.empty(0, dtype=dtype)  # numpy cannot map an empty file
         return np.memmap(path, dtype=dtype, mode="r")
 
-    def heldout_tail(self) -> int:
-        """Training tokens held out as validation when the corpus has too few documents for a split.
+    def heldout_tail(self) -> tuple[str, int]:
+        """(split, tokens): the tail of one split that validates when the corpus has too few documents.
 
         The split holds out whole documents; a corpus of one or a few documents (a single
-        notes file) can leave it empty. Then the last ``val_fraction`` of the training tokens
-        (at least ``MIN_VAL_TOKENS``, at most half) validates instead: a split inside
-        documents, whose loss reads optimistic, which the training plan says. 0: the
-        document split stands.
+        notes file) can leave one side empty. Then the last ``val_fraction`` (at least
+        ``MIN_VAL_TOKENS``, at most half) of the larger side validates and the rest trains:
+        a split inside documents, whose loss reads optimistic, which the training plan says.
+        ("train", 0): the document split stands.
         """
         meta = self.meta()
-        if meta["tokens"]["val"] >= MIN_VAL_TOKENS:
-            return 0
-        n = meta["tokens"]["train"]
-        return min(n // 2, max(int(meta["split"]["val_fraction"] * n), MIN_VAL_TOKENS))
+        train, val = meta["tokens"]["train"], meta["tokens"]["val"]
+        if val >= MIN_VAL_TOKENS and train >= MIN_VAL_TOKENS:
+            return "train", 0
+        pool, n = ("train", train) if train >= val else ("val", val)
+        return pool, min(n // 2, max(int(meta["split"]["val_fraction"] * n), MIN_VAL_TOKENS))
 
     def train_tokens(self) -> np.ndarray:
-        tail = self.heldout_tail()
-        train = self.tokens("train")
-        return train[: len(train) - tail] if tail else train
+        return self.tokens("train")
 
     def val_tokens(self) -> np.ndarray:
-        tail = self.heldout_tail()
-        return self.tokens("train")[-tail:] if tail else self.tokens("val")
+        return self.tokens("val")
+
+    def heldout_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) tokens as training and evaluation use them (see ``heldout_tail``)."""
+        pool, tail = self.heldout_tail()
+        if not tail:
+            return self.train_tokens(), self.val_tokens()
+        tokens = self.tokens(pool)
+        return tokens[: len(tokens) - tail], tokens[len(tokens) - tail :]
 
     def training_data(self) -> dict[str, Any]:
         """Where training reads its examples (files, so torchrun ranks map them themselves)."""
+        pool, tail = self.heldout_tail()
         return {"kind": "tokens", "train": str(self.dir / "train.bin"), "val": str(self.dir / "val.bin"),
-                "dtype": self.meta()["dtype"], "heldout_tail": self.heldout_tail()}
+                "dtype": self.meta()["dtype"], "heldout_tail": tail, "heldout_from": pool}
 
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.dir / TOKENIZER_FILE)

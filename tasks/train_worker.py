@@ -28,10 +28,11 @@ def load_batches(spec: dict) -> Batches:
     data = spec["data"]
     if data["kind"] == "tokens":
         dtype = np.dtype(data["dtype"]).newbyteorder("<")
-        train, tail = _map(data["train"], dtype), int(data.get("heldout_tail", 0))
-        if tail:  # too few documents for a document split: validate on the training tokens' tail (tokenize.py)
-            return Batches(train=train[: len(train) - tail], val=train[len(train) - tail :])
-        return Batches(train=train, val=_map(data["val"], dtype))
+        tail = int(data.get("heldout_tail", 0))
+        if tail:  # too few documents for a document split: one split's tail validates (TokenDatasetRef.heldout_tail)
+            pool = _map(data[data.get("heldout_from", "train")], dtype)
+            return Batches(train=pool[: len(pool) - tail], val=pool[len(pool) - tail :])
+        return Batches(train=_map(data["train"], dtype), val=_map(data["val"], dtype))
     d = Path(data["dir"])
     return Batches(
         train=np.load(d / "train_ids.npy"),

@@ -11,6 +11,7 @@ import torch
 from flows.config import PipelineConfig, load_config
 from flows.pipeline import pipeline
 from tasks.modeling import ModelRef
+from tasks.tokenize import TokenDatasetRef
 from tests.prefect_states import all_task_states, by_stage
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -95,6 +96,9 @@ def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path
     reporting = ("promote", "publish_energy")
     not_cached = {k: v for k, v in states.items() if v != "Cached" and k not in subflow_runs and not k.startswith(reporting)}
     assert not not_cached, not_cached
+    # one task run per finished stage, none per shard: curate 9 (8 stages + card), tokenize 2, pretrain, sft, finetune,
+    # 2 evaluations, export, promote, publish_energy (benchmarks/cached_rerun.py counts the same for `lmwright run`)
+    assert len(set(states) - subflow_runs) <= 19, sorted(states)
 
 
 def progress_artifact(key: str) -> float:
@@ -117,3 +121,30 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path: Path, share
     ids = torch.tensor([tok("It is a truth universally acknowledged")["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(ours(ids)[0], hf(ids).logits, atol=1e-4)
+
+
+def test_one_document_still_gets_a_validation_split(tmp_path: Path, shared_data: Path) -> None:
+    """README's `lmwright pretrain --source notes.txt`: one document left the document split's val empty
+    (ValueError: high <= 0 after three retries). It validates on the tail of its training tokens now."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:40_000])
+    config = load_config(
+        PipelineConfig,
+        "tiny",
+        [
+            f"ingest.sources=[{notes}]",
+            "tokenize.vocab_size=512",
+            "pretrain.model.overrides={n_layer: 1, n_embd: 32, n_head: 2, block_size: 64}",
+            "pretrain.max_steps=6",
+            "pretrain.eval_interval=3",
+            "pretrain.batch_size=4",
+        ],
+        workdir=str(tmp_path / "w"),
+    )
+    result = pipeline(config, until="pretrain")
+    tokens = TokenDatasetRef(path=result.models.tokens, fingerprint=Path(result.models.tokens).name)
+    assert sorted(tokens.meta()["docs"].values()) == [0, 1]  # the one document is on one side
+    train, val = tokens.heldout_split()
+    assert len(val) >= 2048 and len(train) + len(val) == len(tokens.train_tokens()) + len(tokens.val_tokens())
+    pre = json.loads((Path(result.models.pretrained) / "result.json").read_text())
+    assert pre["steps"] == 6 and any("too few documents" in w for w in pre["plan"]["warnings"])

@@ -352,3 +352,18 @@ def test_identity_mixture_packs_exactly_as_without_one(tmp_path: Path, two_sourc
         assert same.train_tokens().tobytes() == ref.train_tokens().tobytes()
         assert same.docs().equals(index)
         assert same.meta()["mixture"]["weighted"] == ("C" in mix["source_weights"])
+
+
+@pytest.mark.parametrize(
+    "tokens, expected",
+    [
+        ({"train": 300_000, "val": 15_000}, ("train", 0)),  # enough documents: the document split stands
+        ({"train": 40_000, "val": 0}, ("train", 2_048)),  # one document, hashed to train
+        ({"train": 0, "val": 40_000}, ("val", 2_048)),  # one document, hashed to val
+        ({"train": 100_000, "val": 900}, ("train", 5_000)),  # a val split too small to validate on
+        ({"train": 3_000, "val": 0}, ("train", 1_500)),  # tiny: at most half
+    ],
+)
+def test_too_few_documents_move_the_split_inside_the_larger_side(tmp_path: Path, tokens: dict, expected: tuple) -> None:
+    (tmp_path / "meta.json").write_text(json.dumps({"tokens": tokens, "split": {"val_fraction": 0.05}}))
+    assert TokenDatasetRef(path=str(tmp_path), fingerprint="x").heldout_tail() == expected
