@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from flows.config import CurateConfig, load_config
 from flows.curate import curate
 from flows.runners import build_task_runner
+from tasks.pii import IDENTIFIER_KEY_FILE
 
 pytest.importorskip("prefect_dask")
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.e2e]
@@ -29,6 +31,11 @@ def test_dask_cluster_gives_the_same_corpus_as_threads(tmp_path: Path, shared_da
     dask = load_config(CurateConfig, "tiny", [*common, "runner.kind=dask", "runner.max_workers=2"],
                        workdir=str(tmp_path / "dask"))
     a = curate.with_options(task_runner=build_task_runner(threads.runner))(threads)
+    # The identifier-hashing key is the workdir's secret (in the pii fingerprint): the same data
+    # in another workdir with another key is other data. A cluster reads the same workdir's key.
+    key = tmp_path / "dask" / IDENTIFIER_KEY_FILE
+    key.parent.mkdir(parents=True)
+    shutil.copy(tmp_path / "threads" / IDENTIFIER_KEY_FILE, key)
     b = curate.with_options(task_runner=build_task_runner(dask.runner))(dask)
     assert corpus_signature(a.corpus) == corpus_signature(b.corpus)
     assert Path(a.corpus).name == Path(b.corpus).name  # same fingerprint: the runner is not part of the data
