@@ -99,9 +99,6 @@ def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path
     # one task run per finished stage, none per shard: curate 9 (8 stages + card), tokenize 2, pretrain, sft, finetune,
     # 2 evaluations, export, promote, publish_energy (benchmarks/cached_rerun.py counts the same for `lmwright run`)
     assert len(set(states) - subflow_runs) <= 19, sorted(states)
-    # one task run per finished stage, none per shard: curate 9 (8 stages + card), tokenize 2, pretrain, sft, finetune,
-    # 2 evaluations, export, promote, publish_energy (benchmarks/cached_rerun.py counts the same for `lmwright run`)
-    assert len(set(states) - subflow_runs) <= 19, sorted(states)
 
 
 def progress_artifact(key: str) -> float:
