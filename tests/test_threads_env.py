@@ -45,8 +45,10 @@ def read_env_task(name: str) -> tuple[str | None, int]:
 
 @pytest.mark.parametrize("choice, spin", [(None, PASSIVE_SPIN), ("ACTIVE", ACTIVE_SPIN)], ids=["default", "user-choice-wins"])
 def test_flow_module_a_deployment_loads_starts_openmp_passive(choice: str | None, spin: str) -> None:
-    # What a worker's flow-run process does with deployments/prefect.yaml's entrypoint.
-    code = "from prefect.flows import load_flow_from_entrypoint; load_flow_from_entrypoint('flows/pipeline.py:pipeline')"
+    # What a worker's flow-run process does with deployments/prefect.yaml's entrypoint; torch loads
+    # later, when a training or evaluation task first needs it (the flow modules import it lazily).
+    code = ("from prefect.flows import load_flow_from_entrypoint; load_flow_from_entrypoint('flows/pipeline.py:pipeline'); "
+            "import torch")
     env = user_env(**({"OMP_WAIT_POLICY": choice} if choice else {}))
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
