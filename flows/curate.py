@@ -20,8 +20,9 @@ from tasks.license import LICENSE_STAGE, resolve_optouts
 from tasks.normalize import NORMALIZE_STAGE
 from tasks.pii import PII_STAGE, resolve_pii
 from tasks.quality import QUALITY_STAGE
-from tasks.sources import SourceInput
 from tasks.retention import TextDroppedError, forget_text_dropped, require_text, run_retention
+from tasks.sources import SourceInput
+from tasks.results import PERSISTED_RESULTS
 from tasks.stage import run_shard_stage
 
 
@@ -45,7 +46,7 @@ def resolved_validation(config: CurateConfig) -> CurateConfig:
     return config.model_copy(update={"validation": config.validation.model_copy(update={"docs_dir": docs})})
 
 
-@flow(name="curate", log_prints=True, persist_result=True, task_runner=default_task_runner())
+@flow(name="curate", log_prints=True, persist_result=True, **PERSISTED_RESULTS, task_runner=default_task_runner())
 def curate(
     config: CurateForm | None = None,
     preset: str | None = DEFAULT_PRESET,

@@ -12,6 +12,7 @@ from flows.config import PipelineConfig
 from flows.curate import curate
 from flows.forms import DEFAULT_PRESET, PipelineForm, resolve_config
 from flows.train import Evaluation, TrainedModels, evaluate_flow, train_flow
+from tasks.results import PERSISTED_RESULTS
 from tasks.sources import SourceInput
 
 Until = Literal["curate", "tokenize", "pretrain", "finetune", "evaluate", "export"]
@@ -39,7 +40,7 @@ class PipelineResult(BaseModel):
         return self.evaluation.export or self.evaluation.report
 
 
-@flow(name="pipeline", log_prints=True, persist_result=True, task_runner=default_task_runner())
+@flow(name="pipeline", log_prints=True, persist_result=True, **PERSISTED_RESULTS, task_runner=default_task_runner())
 def pipeline(
     config: PipelineForm | None = None,
     until: Until = "export",

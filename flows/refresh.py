@@ -53,6 +53,7 @@ from tasks.refresh import (
 from tasks.sft import run_sft_data
 from tasks.sources import SourceInput
 from tasks.license import LicenseParams, resolve_optouts
+from tasks.results import PERSISTED_RESULTS
 from tasks.stage import plan_stage
 from tasks.tokenize import TOKENIZER_FILE, TokenDatasetRef, TokenizeParams, run_tokenize
 from tasks.withdraw import (
@@ -83,7 +84,7 @@ class RefreshResult(BaseModel):
     message: str
 
 
-@flow(name="refresh", log_prints=True, persist_result=True)
+@flow(name="refresh", log_prints=True, persist_result=True, **PERSISTED_RESULTS)
 def refresh(
     config: RefreshForm | None = None,
     settings: RefreshSettingsForm | None = None,

@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_quality import DataQualityError, ValidationSettings
 from tasks.dataset import DatasetRef, atomic_write_text, canonical_json, file_sha256, write_json
+from tasks.files import atomic_copy, atomic_path
 from tasks.dedup import DedupParams, signature_frame
 from tasks.minhash import signature_dtype
 from tasks.sources import BUILTINS, SourceFile, SourceSpec, list_source_files, pydocs_fingerprint_input
@@ -208,7 +209,7 @@ class SourceScan(BaseModel):
     skipped: list[dict[str, str]] = Field(default_factory=list)
 
 
-@task(retries=2, retry_delay_seconds=RETRY_DELAYS[:2], task_run_name="refresh-scan-sources")
+@task(retries=2, retry_delay_seconds=RETRY_DELAYS[:2], task_run_name="refresh-scan-sources", persist_result=False)
 def scan_sources(specs: list[SourceSpec], ledger: Ledger, trust_mtime: bool = True) -> SourceScan:
     """List every source file, hash what may have changed, and name the new or changed ones."""
     entries: dict[str, FileEntry] = {}
@@ -339,9 +340,7 @@ def commit_version(
     record = None
     if withdrawn is not None:
         record = vdir / "withdrawn.parquet"
-        tmp = vdir / ".withdrawn.parquet.tmp"
-        shutil.copyfile(withdrawn, tmp)
-        os.replace(tmp, record)
+        atomic_copy(Path(withdrawn), record)
     datasets = [*(previous["datasets"] if previous else []), *([{**dataset, "added_in": name}] if dataset else [])]
     index_files = [*(previous["index"]["files"] if previous else [])]
     if index_part is not None:
@@ -418,10 +417,8 @@ def index_rows(docs: pl.DataFrame, params: DedupParams) -> pl.DataFrame:
 
 
 def _write_sorted_parquet(df: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.sort("band", "key").write_parquet(tmp, compression="zstd", statistics=True, row_group_size=1 << 17)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.sort("band", "key").write_parquet(tmp, compression="zstd", statistics=True, row_group_size=1 << 17)
 
 
 @dataclass(frozen=True)
@@ -455,14 +452,7 @@ def build_index_part(work: IndexPartWork, kept: DatasetRef, params: DedupParams)
 def write_index_file(workdir: str | Path, version: str, part: Path) -> dict[str, Any]:
     """``refresh/index/<version>.parquet`` from a finished index part (hard link, else copy; atomic)."""
     dest = refresh_dir(workdir) / "index" / f"{version}.parquet"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(part, tmp)
-    except OSError:
-        shutil.copyfile(part, tmp)
-    os.replace(tmp, dest)
+    atomic_copy(part, dest, hard_link=True)
     docs = pl.scan_parquet(dest).filter(pl.col("band") == EXACT_BAND).select(pl.len()).collect().item()
     return {"version": version, "path": str(dest.resolve()), "sha256": file_sha256(dest), "docs": int(docs)}
 
@@ -681,8 +671,9 @@ def mix_tokens(
         mine = new_docs.filter(pl.col("split") == split)
         index += [mine] + ([replayed[split]] if split in replayed else [])
     docs = pl.concat(index, how="diagonal_relaxed")
-    docs.write_parquet(out / DOCS_FILE, compression="zstd")
-    shutil.copyfile(new.dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    with atomic_path(out / DOCS_FILE) as tmp:
+        docs.write_parquet(tmp, compression="zstd")
+    atomic_copy(new.dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
     mixed_meta = json.loads(json.dumps(meta))
     replay_tokens = {s: int(replayed[s]["tokens"].sum()) if s in replayed else 0 for s in ("train", "val")}
     for split in ("train", "val"):
@@ -733,8 +724,7 @@ def _write_split(
     dest: Path, new_bin: Path, old: list[TokenDatasetRef], replay: pl.DataFrame | None, split: str, dtype: np.dtype
 ) -> None:
     """The new split's .bin copied whole, then each replay document's token range (tmp + rename)."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         with open(new_bin, "rb") as src:
             shutil.copyfileobj(src, f, 16 << 20)
         if replay is not None and replay.height:
@@ -743,7 +733,6 @@ def _write_split(
                 f.write(np.asarray(arrays[origin][offset : offset + n], dtype=dtype).tobytes())
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, dest)
 
 
 def _check_mix(out: Path, meta: dict[str, Any], docs: pl.DataFrame) -> None:
@@ -813,10 +802,7 @@ def content_addressed_tokenizer(workdir: str | Path, path: str | Path) -> Path:
     sha = file_sha256(Path(path))
     dest = refresh_dir(workdir) / "tokenizers" / f"{sha[:20]}.json"
     if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        atomic_copy(Path(path), dest)
     return dest
 
 
