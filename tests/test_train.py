@@ -150,10 +150,30 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
 
 
 def test_schedule_is_a_function_of_steps_alone() -> None:
-    """max_seconds is a guard: it never bends the schedule (a busy machine must not change the model)."""
     guarded = params(max_steps=1000, warmup_steps=0, lr=1.0, min_lr=0.0, max_seconds=100)
     plain = params(max_steps=1000, warmup_steps=0, lr=1.0, min_lr=0.0)
     assert [lr_at(s, guarded) for s in (0, 10, 500, 1000)] == [lr_at(s, plain) for s in (0, 10, 500, 1000)]
+
+
+def test_a_slow_machine_trains_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clock says 90 of the guard's 100 s went by before the first step (a busy start): same model, only later.
+
+    Before, the cosine followed the clock under a wall-clock limit, so this run decayed its
+    learning rate at once and trained other weights."""
+    p = params(max_steps=30, max_seconds=100.0)
+    train(tmp_path / "quiet", BATCHES, p, VOCAB)
+    calls = {"n": 0}
+
+    def slow_clock() -> float:
+        calls["n"] += 1
+        return 0.0 if calls["n"] == 1 else 90.0 + calls["n"] * 1e-3
+
+    monkeypatch.setattr("tasks.train.time.perf_counter", slow_clock)
+    result = train(tmp_path / "slow", BATCHES, p, VOCAB)
+    assert result.stopped == "max_steps" and result.steps == 30
+    quiet_w = load_file(str(tmp_path / "quiet" / "checkpoints" / "best" / "model.safetensors"))
+    slow_w = load_file(str(tmp_path / "slow" / "checkpoints" / "best" / "model.safetensors"))
+    assert all(torch.equal(quiet_w[k], slow_w[k]) for k in quiet_w)
 
 
 def _history(out: Path) -> list[dict]:
