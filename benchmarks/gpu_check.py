@@ -7,9 +7,12 @@ throughput against the CPU peer measured in the same run.
 2. ``tasks.train.train`` on CUDA in this process, the ``tiny`` preset, ``--steps`` steps: loss curve,
    tokens/s. Loss must fall well below its start (the run learns).
 3. The same params through the training task's launch path: ``python -m torch.distributed.run
-   --standalone --nproc_per_node=1 -m tasks.train_worker spec.json`` (NCCL on CUDA, the DDP
-   wrapper, rank 0 writing the result). Its validation curve must match step 2's (same seed, same
-   data order) within 0.05 nats (bf16 and kernel choice differ run to run).
+   --standalone --nproc_per_node=1 -m tasks.train_worker spec.json`` (the NCCL process group on
+   CUDA, rank 0 writing the result). Its validation curve must match step 2's (same seed, same
+   data order) within 0.05 nats (bf16 and kernel choice differ run to run). What one GPU cannot
+   check: with a single rank ``train`` does not wrap the model in DDP (it does when world > 1), so
+   no gradient is all-reduced here; 2-rank DDP is checked on the CPU with gloo
+   (tests/test_train.py, same losses as one process), and 2-rank NCCL needs two GPUs.
 4. The peer: the same model on the CPU (all cores) for a few steps -> tokens/s; printed as a ratio.
 5. The ``gpt2-124m`` preset on CUDA for a few steps: tokens/s and MFU against a bf16 matmul
    peak measured in this process.
@@ -131,7 +134,7 @@ def main() -> int:
     ddp = torchrun(work / "torchrun", paths, gpu, vocab)
     pairs = [(a["step"], a["val_loss"], b["val_loss"]) for a, b in zip(one["curve"], ddp["curve"])]
     worst = max(abs(a - b) for _, a, b in pairs)
-    print(f"{args.device}, torchrun (DDP, 1 rank, {'NCCL' if args.device == 'cuda' else 'gloo'}): {ddp['result']['steps']} steps, val {ddp['curve'][-1]['val_loss']:.3f}; "
+    print(f"{args.device}, torchrun (1 rank: process group {'NCCL' if args.device == 'cuda' else 'gloo'}, no DDP wrapper): {ddp['result']['steps']} steps, val {ddp['curve'][-1]['val_loss']:.3f}; "
           f"max |val difference| vs one process over {len(pairs)} evaluations: {worst:.4f}", flush=True)
     assert len(pairs) == len(one["curve"]) and worst < 0.05, pairs
     report |= {"tiny_cuda": {"tokens_per_s": tps_gpu, "val_first": first, "val_last": last, "wall_s": one["wall_s"]},
