@@ -44,11 +44,11 @@ class RunnerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["threads", "dask", "ray"] = Field("threads", description="Task runner: threads (local), dask or ray.")
+    kind: Literal["threads", "dask"] = Field("threads", description="Task runner: threads (local) or dask (a local or remote cluster).")
     max_workers: int | None = Field(
         None, ge=1, description="Concurrent shard tasks (threads) or Dask workers; default: the number of CPU cores."
     )
-    address: str | None = Field(None, description="Address of an existing Dask/Ray cluster; default: a local one.")
+    address: str | None = Field(None, description="Address of an existing Dask scheduler; default: a local cluster.")
 
 
 class CurateConfig(BaseModel):

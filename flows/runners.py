@@ -31,8 +31,4 @@ def build_task_runner(settings: RunnerSettings) -> Any:
         # Each worker's Nanny sets these before the worker runs a task (hence before it imports torch).
         cluster = {"n_workers": settings.max_workers or 2, "processes": True, "env": cpu_env()}
         return DaskTaskRunner(cluster_kwargs=cluster)
-    try:
-        from prefect_ray import RayTaskRunner
-    except ImportError:
-        raise RuntimeError("runner.kind=ray needs the 'ray' extra: pip install 'lmwright[ray]'") from None
-    return RayTaskRunner(address=settings.address) if settings.address else RayTaskRunner()
+    raise ValueError(f"unknown runner.kind {settings.kind!r}")

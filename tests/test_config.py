@@ -190,3 +190,9 @@ def test_refresh_settings_of_a_run_merge_over_the_presets_refresh_section(tmp_pa
     params = refresh.validate_parameters({"settings": {"replay_fraction": 0.2}, "preset": str(preset)})
     settings = resolve_settings(resolve_config(PipelineConfig, params["config"], params["preset"]), params["settings"])
     assert settings.replay_fraction == 0.2 and settings.replay_seed == 7 and settings.timezone == "Europe/Berlin"
+
+
+def test_only_runners_that_are_built_and_tested_are_offered() -> None:
+    """Ray was advertised without an extra or a test: the config no longer offers it."""
+    with pytest.raises(ConfigError, match="runner.kind"):
+        load_config(CurateConfig, "tiny", ["runner.kind=ray"])
