@@ -684,16 +684,13 @@ class WindowDecision(BaseModel):
     now: datetime
     start: datetime
     wait_s: float
-    action: Literal["run_now", "paused", "scheduled", "slept"]
-    flow_run_id: str | None = None  # the scheduled run, for action == "scheduled"
+    action: Literal["run_now", "paused", "slept"]
 
 
 def wait_for_window(
     window: CarbonWindow | None,
     now: datetime | None = None,
     *,
-    deployment: str | None = None,
-    parameters: dict[str, Any] | None = None,
     grace_s: float = 60.0,
     poll_interval_s: int = 60,
 ) -> WindowDecision:
@@ -702,12 +699,7 @@ def wait_for_window(
     Prefect 3 has no "resume at a time" for a paused run (``pause_flow_run`` /
     ``suspend_flow_run`` *fail* the run when their timeout expires), so:
 
-    * ``deployment`` given (``"flow-name/deployment-name"``): ``run_deployment(...,
-      scheduled_time=start, timeout=0)`` creates a flow run in state **Scheduled** for that
-      time (a child of the current run) and returns at once with ``action="scheduled"``;
-      the caller skips the work (the scheduled run will do it). Nothing waits: the worker
-      or ``serve`` process starts it at that time. This is the way for the nightly refresh.
-    * otherwise, in a flow run: ``pause_flow_run(timeout=wait + grace)``; a timer thread of
+    * in a flow run (the pipeline's training and the nightly refresh): ``pause_flow_run(timeout=wait + grace)``; a timer thread of
       this process calls ``resume_flow_run`` at the start time. The UI shows the run as
       **Paused** (with its expiry), and the Resume button starts it early. The process
       polls the API every ``poll_interval_s`` (no CPU); if it dies the pause expires and
@@ -726,16 +718,6 @@ def wait_for_window(
 
     ctx = FlowRunContext.get()
     logger = _logger()
-    if deployment is not None:
-        from prefect.deployments import run_deployment
-
-        # The idempotency key makes a retried parent find its scheduled run instead of adding another.
-        key = f"carbon-window-{ctx.flow_run.id}-{deployment}" if ctx is not None and ctx.flow_run is not None else None
-        run = run_deployment(
-            deployment, parameters=parameters, scheduled_time=start, timeout=0, as_subflow=True, idempotency_key=key
-        )
-        logger.info("carbon window: %s scheduled for %s (lowest intensity before the deadline)", deployment, start.isoformat())
-        return WindowDecision(now=now, start=start, wait_s=wait_s, action="scheduled", flow_run_id=str(run.id))
     if ctx is None or ctx.flow_run is None:
         logger.info("carbon window: sleeping %.0f s until %s", wait_s, start.isoformat())
         time.sleep(wait_s)
