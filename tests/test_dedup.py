@@ -28,15 +28,13 @@ from datasketch.hashfunc import sha1_hash32
 
 from tasks.minhash import datasketch_hashfunc, minhash_signatures, murmur3_32, normalize_expr, shingles, word_mix_hash32
 
-WEB = Path(__file__).resolve().parents[2] / "shared" / "data" / "web" / "cc_warc_2019_07_cclicensed_pages.jsonl"
-if not WEB.is_file():
-    WEB = Path("/work/shared/data/web/cc_warc_2019_07_cclicensed_pages.jsonl")
+WEB = Path("web") / "cc_warc_2019_07_cclicensed_pages.jsonl"  # under ../shared/data (the shared_data fixture)
 
 
 @pytest.fixture(scope="module")
-def web_texts() -> list[str]:
+def web_texts(shared_data: Path) -> list[str]:
     texts = []
-    with open(WEB, encoding="utf-8") as f:
+    with open(shared_data / WEB, encoding="utf-8") as f:
         for line in f:
             texts.append(json.loads(line)["text"])
     return texts

@@ -28,9 +28,7 @@ from tasks.dedup import (
 from tasks.minhash import band_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
-WEB = ROOT.parent / "shared" / "data" / "web" / "cc_warc_2019_07_cclicensed_pages.jsonl"
-if not WEB.is_file():
-    WEB = Path("/work/shared/data/web/cc_warc_2019_07_cclicensed_pages.jsonl")
+WEB = Path("web") / "cc_warc_2019_07_cclicensed_pages.jsonl"  # under ../shared/data (the shared_data fixture)
 
 
 def edit_words(text: str, n: int, seed: int) -> str:
@@ -42,9 +40,9 @@ def edit_words(text: str, n: int, seed: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def corpus() -> list[str]:
+def corpus(shared_data: Path) -> list[str]:
     """Real pages plus planted exact copies, near copies, chains and a big boilerplate bucket, shuffled."""
-    with open(WEB, encoding="utf-8") as f:
+    with open(shared_data / WEB, encoding="utf-8") as f:
         pages = [json.loads(line)["text"] for line in f]
     long = [t for t in pages if len(t.split()) >= 80][:160]
     rng = random.Random(7)
