@@ -2,7 +2,7 @@
 
 datatrove is not a project dependency; run this from a separate venv (see benchmarks/QUALITY.md):
 
-    POLARS_MAX_THREADS=1 /work/venv-bench/bin/python benchmarks/quality_vs_datatrove.py
+    POLARS_MAX_THREADS=1 ../venv-bench/bin/python benchmarks/quality_vs_datatrove.py
 
 Both sides run in this process, one after the other, on the same documents: ours is
 ``tasks.quality.apply_quality`` with default ``QualityParams``; datatrove's is its
@@ -96,8 +96,8 @@ def main() -> int:
     except ImportError as e:
         print(
             f"datatrove (with spaCy) is not installed here ({e}). It is not a project dependency: "
-            "python -m venv /work/venv-bench && /work/venv-bench/bin/pip install datatrove spacy nltk regex "
-            "polars pydantic numpy prefect && /work/venv-bench/bin/pip install -e . --no-deps",
+            "python -m venv ../venv-bench && ../venv-bench/bin/pip install datatrove spacy nltk regex "
+            "polars pydantic numpy prefect && ../venv-bench/bin/pip install -e . --no-deps",
             file=sys.stderr,
         )
         return 2
