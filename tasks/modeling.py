@@ -290,8 +290,11 @@ def pretrain_model(
         return ModelRef(work.stage, work.fingerprint, work.out_dir)
     out = Path(work.out_dir)
     (out / "tokenizer.json").write_bytes((Path(tokens.path) / "tokenizer.json").read_bytes())
+    from tasks.train import model_config
+
     meta = tokens.meta()
-    data = tokens.training_data()
+    block = model_config(params, meta["vocab_size"], Path(init_from) if init_from else None).block_size
+    data = tokens.training_data(block)
     with track(work.stage, energy) as used:
         result, plan = fit(work.stage, out, data, params, meta["vocab_size"], Path(init_from) if init_from else None, energy)
     extra = {"tokens": tokens.path, "init_from": init_from, "plan": plan.to_json(), **_energy_extra(result, used)}
@@ -346,7 +349,7 @@ def evaluate_model(
     model = model_ref.load(device)
     meta = tokens.meta()
     live = LiveProgress(f"evaluate {model_ref.stage}", 1, unit="blocks", artifact_key=f"evaluate-{work.unit or 'model'}-progress")
-    train_tokens, val_tokens = tokens.heldout_split()
+    train_tokens, val_tokens = tokens.heldout_split(model.config.block_size)
     val_loss, scored = heldout_loss(model, val_tokens, params, device, on_blocks=_blocks_progress(live, 0))
     train_loss, _ = heldout_loss(model, train_tokens, params, device, on_blocks=_blocks_progress(live, 1))
     live.finish(live.total)

@@ -79,8 +79,9 @@ from tasks.files import point_latest
 
 VERSION = "1"
 STAGE = "tokenize"
-# Fewer validation tokens than this (two gpt2-124m contexts) and the split moves inside documents.
-MIN_VAL_TOKENS = 2048
+# A side with fewer tokens than this many of the model's contexts cannot train or validate it:
+# then the split moves inside documents (TokenDatasetRef.heldout_tail).
+MIN_HELDOUT_CONTEXTS = 4
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "meta.json"
 DOCS_FILE = "docs.parquet"
@@ -373,21 +374,22 @@ class TokenDatasetRef:
             return np.empty(0, dtype=dtype)  # numpy cannot map an empty file
         return np.memmap(path, dtype=dtype, mode="r")
 
-    def heldout_tail(self) -> tuple[str, int]:
+    def heldout_tail(self, block_size: int) -> tuple[str, int]:
         """(split, tokens): the tail of one split that validates when the corpus has too few documents.
 
         The split holds out whole documents; a corpus of one or a few documents (a single
-        notes file) can leave one side empty. Then the last ``val_fraction`` (at least
-        ``MIN_VAL_TOKENS``, at most half) of the larger side validates and the rest trains:
-        a split inside documents, whose loss reads optimistic, which the training plan says.
-        ("train", 0): the document split stands.
+        notes file) can leave a side with less than ``MIN_HELDOUT_CONTEXTS`` contexts of the
+        model. Then the last ``val_fraction`` (at least that much, at most half) of the larger
+        side validates and the rest trains: a split inside documents, whose loss reads
+        optimistic, which the training plan says. ("train", 0): the document split stands.
         """
         meta = self.meta()
+        need = MIN_HELDOUT_CONTEXTS * (block_size + 1)
         train, val = meta["tokens"]["train"], meta["tokens"]["val"]
-        if val >= MIN_VAL_TOKENS and train >= MIN_VAL_TOKENS:
+        if val >= need and train >= need:
             return "train", 0
         pool, n = ("train", train) if train >= val else ("val", val)
-        return pool, min(n // 2, max(int(meta["split"]["val_fraction"] * n), MIN_VAL_TOKENS))
+        return pool, min(n // 2, max(int(meta["split"]["val_fraction"] * n), need))
 
     def train_tokens(self) -> np.ndarray:
         return self.tokens("train")
@@ -395,17 +397,17 @@ class TokenDatasetRef:
     def val_tokens(self) -> np.ndarray:
         return self.tokens("val")
 
-    def heldout_split(self) -> tuple[np.ndarray, np.ndarray]:
-        """(train, validation) tokens as training and evaluation use them (see ``heldout_tail``)."""
-        pool, tail = self.heldout_tail()
+    def heldout_split(self, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) tokens as training and evaluation of a model with this context use them."""
+        pool, tail = self.heldout_tail(block_size)
         if not tail:
             return self.train_tokens(), self.val_tokens()
         tokens = self.tokens(pool)
         return tokens[: len(tokens) - tail], tokens[len(tokens) - tail :]
 
-    def training_data(self) -> dict[str, Any]:
+    def training_data(self, block_size: int) -> dict[str, Any]:
         """Where training reads its examples (files, so torchrun ranks map them themselves)."""
-        pool, tail = self.heldout_tail()
+        pool, tail = self.heldout_tail(block_size)
         return {"kind": "tokens", "train": str(self.dir / "train.bin"), "val": str(self.dir / "val.bin"),
                 "dtype": self.meta()["dtype"], "heldout_tail": tail, "heldout_from": pool}
 

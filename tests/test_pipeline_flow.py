@@ -144,7 +144,7 @@ def test_one_document_still_gets_a_validation_split(tmp_path: Path, shared_data:
     result = pipeline(config, until="pretrain")
     tokens = TokenDatasetRef(path=result.models.tokens, fingerprint=Path(result.models.tokens).name)
     assert sorted(tokens.meta()["docs"].values()) == [0, 1]  # the one document is on one side
-    train, val = tokens.heldout_split()
-    assert len(val) >= 2048 and len(train) + len(val) == len(tokens.train_tokens()) + len(tokens.val_tokens())
+    train, val = tokens.heldout_split(block_size=64)
+    assert len(val) >= 4 * 65 and len(train) + len(val) == len(tokens.train_tokens()) + len(tokens.val_tokens())
     pre = json.loads((Path(result.models.pretrained) / "result.json").read_text())
     assert pre["steps"] == 6 and any("too few documents" in w for w in pre["plan"]["warnings"])

@@ -358,12 +358,13 @@ def test_identity_mixture_packs_exactly_as_without_one(tmp_path: Path, two_sourc
     "tokens, expected",
     [
         ({"train": 300_000, "val": 15_000}, ("train", 0)),  # enough documents: the document split stands
-        ({"train": 40_000, "val": 0}, ("train", 2_048)),  # one document, hashed to train
-        ({"train": 0, "val": 40_000}, ("val", 2_048)),  # one document, hashed to val
-        ({"train": 100_000, "val": 900}, ("train", 5_000)),  # a val split too small to validate on
-        ({"train": 3_000, "val": 0}, ("train", 1_500)),  # tiny: at most half
+        ({"train": 100_000, "val": 900}, ("train", 0)),  # small, but 900 tokens are 7 contexts of 128
+        ({"train": 40_000, "val": 0}, ("train", 2_000)),  # one document, hashed to train: 5%
+        ({"train": 0, "val": 40_000}, ("val", 2_000)),  # one document, hashed to val
+        ({"train": 100_000, "val": 300}, ("train", 5_000)),  # a val split too small to validate on
+        ({"train": 800, "val": 0}, ("train", 400)),  # tiny: at most half
     ],
 )
 def test_too_few_documents_move_the_split_inside_the_larger_side(tmp_path: Path, tokens: dict, expected: tuple) -> None:
     (tmp_path / "meta.json").write_text(json.dumps({"tokens": tokens, "split": {"val_fraction": 0.05}}))
-    assert TokenDatasetRef(path=str(tmp_path), fingerprint="x").heldout_tail() == expected
+    assert TokenDatasetRef(path=str(tmp_path), fingerprint="x").heldout_tail(block_size=128) == expected
