@@ -205,6 +205,8 @@ def make_plan(
         torch.set_num_threads(params.threads)
     device = resolve_device(params)
     step_seconds = measure_step_seconds(GPT(cfg).to(device), params.batch_size, params.grad_accum, device)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # hand the timing model's memory back before training (or torchrun ranks) start
     settings = energy or EnergySettings()
     return plan_training(
         cfg,
