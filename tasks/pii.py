@@ -37,6 +37,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.stage import ShardStage
+from tasks.files import temp_path_for
 
 TYPES = ("email", "phone", "ip", "credit_card", "iban")
 COUNT_COLUMNS = {t: f"pii_{'card' if t == 'credit_card' else t}" for t in TYPES}
@@ -320,7 +321,7 @@ def identifier_key(workdir: str | Path) -> bytes:
     path = Path(workdir) / IDENTIFIER_KEY_FILE
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = temp_path_for(path)  # linked, not renamed, into place below: the first run's key wins
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
