@@ -5,14 +5,14 @@
 
 Each measurement is a fresh Python process (OpenMP reads its settings once, when torch loads it)
 that trains the ``tiny`` preset for ``--steps`` steps of 32 x 128 tokens through
-``tasks.train.train`` (tokens/s = the run's tokens_seen / seconds, as the pretrain stage reports
+``tasks.train.loop.train`` (tokens/s = the run's tokens_seen / seconds, as the pretrain stage reports
 it), then evaluates the trained weights as the evaluate stage does: ``heldout_loss`` on val and on
 train (``--eval-tokens`` each, batch 8) and the three fixed-seed ``samples`` (48 tokens each).
 The user's environment is stripped of OMP_WAIT_POLICY / OMP_NUM_THREADS first, so each variant
 starts from torch's defaults:
 
 * ``defaults``: torch is imported before any lmwright module, so OpenMP starts with its own
-  defaults (what every process ran with before ``tasks/cpu_threads.py``);
+  defaults (what every process ran with before ``tasks/core/cpu_threads.py``);
 * ``lmwright``: lmwright's modules are imported first, as every entry point does, so OpenMP
   starts with ``apply_cpu_defaults`` (OMP_WAIT_POLICY=PASSIVE);
 * ``one-thread``: the defaults with OMP_NUM_THREADS=1 (the other cure the first probe tried).
@@ -58,7 +58,7 @@ def prepare_data(folder: Path) -> None:
 
     sys.path.insert(0, str(REPO))
     if TEXT.is_file():
-        from tasks.bpe import SpecialTokens, train_bpe
+        from lmwright.models.tokenizer import SpecialTokens, train_bpe
 
         text = TEXT.read_text()
         cut = int(len(text) * 0.9)
@@ -170,21 +170,21 @@ def child(variant: str, data: Path, steps: int, eval_tokens: int) -> dict[str, f
     """One measurement in this fresh process; what is imported first decides OpenMP's settings."""
     sys.path.insert(0, str(REPO))
     if variant == "lmwright":
-        import tasks  # noqa: F401  (the product's entry points import lmwright's packages first)
+        import lmwright.tasks  # noqa: F401  (the product's entry points import lmwright's packages first)
     import torch  # noqa: F401  (for "defaults"/"one-thread": OpenMP starts before lmwright's settings)
     import numpy as np
     from tokenizers import Tokenizer
 
-    from tasks.evaluate import EvalParams, heldout_loss, samples
-    from tasks.train import Batches, ModelSpec, TrainParams, train
+    from lmwright.tasks.train.evaluate import EvalParams, heldout_loss, samples
+    from lmwright.tasks.train.loop import Batches, ModelSpec, TrainParams, train
 
     train_ids, val_ids = np.load(data / "train.npy"), np.load(data / "val.npy")
     params = TrainParams(model=ModelSpec(preset="tiny"), batch_size=32, max_steps=steps, warmup_steps=5,
                          eval_interval=steps, eval_batches=2, checkpoint_interval=steps, patience=None, device="cpu")
     with tempfile.TemporaryDirectory(prefix="busy-child-") as out:
         result = train(Path(out), Batches(train=train_ids, val=val_ids), params, VOCAB)
-        from models.checkpoint import load_checkpoint
-        from models.gpt import GPT, GPTConfig
+        from lmwright.models.checkpoint import load_checkpoint
+        from lmwright.models.gpt import GPT, GPTConfig
 
         model = GPT(GPTConfig(**result.model_config_json))
         load_checkpoint(Path(out) / "checkpoints" / "best", model, restore_rng=False)

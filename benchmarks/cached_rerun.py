@@ -9,7 +9,7 @@ once untimed (file cache, Prefect's database) and ``--repeat`` times timed; the 
 phase's median and the 1-minute load average before each run beside it.
 
 Each timed run is a fresh process that does what the ``lmwright`` console script does
-(``flows.cli.main``) after installing timers on a few Prefect internals (no lmwright code is
+(``deployments.cli.main``) after installing timers on a few Prefect internals (no lmwright code is
 changed), so its phases are:
 
 * ``startup+imports``: process start -> the first flow call (the interpreter, the CLI, the config,
@@ -17,7 +17,7 @@ changed), so its phases are:
 * ``server start``: the embedded Prefect server, from launch to answering ``/api/health``. Where
   Prefect starts it, that is the import of its server package into the CLI process plus
   ``SubprocessASGIServer.start`` (spawn uvicorn, wait), all in the main thread; where lmwright
-  starts it (``flows/embedded_server.py``), from the launch to the moment the command found it
+  starts it (``deployments/embedded_server.py``), from the launch to the moment the command found it
   answering (it overlaps the other phases). ``server wait``: the part of it the main thread spent
   blocked, before or inside the flow call;
 * ``orchestration``: the outermost flow call minus the server wait inside it: flow and task runs
@@ -135,7 +135,7 @@ def child(out: str, argv: list[str]) -> int:
 
     import atexit
 
-    def on_embedded(module: Any, *_: float) -> None:  # lmwright's own server (flows/embedded_server.py), if it has one
+    def on_embedded(module: Any, *_: float) -> None:  # lmwright's own server (deployments/embedded_server.py), if it has one
         server = module.EmbeddedServer
         start, wait = server.start, server.wait
 
@@ -153,7 +153,7 @@ def child(out: str, argv: list[str]) -> int:
 
         server.start, server.wait = timed_start, timed_wait
 
-    sys.meta_path[0].hooks["flows.embedded_server"] = on_embedded
+    sys.meta_path[0].hooks["lmwright.deployments.embedded_server"] = on_embedded
 
     def write() -> None:  # registered first, so it runs after Prefect's own exit handlers (server stop, event flush)
         marks["exit"] = time.time()
@@ -161,7 +161,7 @@ def child(out: str, argv: list[str]) -> int:
         Path(out).write_text(json.dumps(marks))
 
     atexit.register(write)
-    from flows.cli import main
+    from lmwright.deployments.cli import main
 
     marks["main"] = time.time()
     return main(argv)
@@ -179,7 +179,7 @@ def lmwright(args: list[str], env: dict[str, str], log: Path) -> None:
     with open(log, "a") as f:
         f.write(f"$ lmwright {' '.join(args)}\n")
         f.flush()
-        done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, stdout=f, stderr=f, cwd=REPO)
+        done = subprocess.run([sys.executable, "-m", "lmwright.deployments.cli", *args], env=env, stdout=f, stderr=f, cwd=REPO)
     if done.returncode:
         sys.exit(f"lmwright {' '.join(args)} failed ({done.returncode}); see {log}")
 

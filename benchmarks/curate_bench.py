@@ -12,7 +12,7 @@ and 1 copy in 10 is exact, so dedup has both exact and near duplicates to find.
    (``--shard-docs`` per call, as the flow calls it), best of ``--repeat``, with the tiny
    preset's parameters and ``langid.languages=null`` (what the flow run below uses).
    normalize runs on the raw documents; langid, quality, pii and the dedup signature
-   step (``tasks.dedup.signature_frame``: normalization, MinHash via tasks/minhash.py,
+   step (``tasks.curate.dedup.signature_frame``: normalization, MinHash via tasks/curate/minhash.py,
    exact hash, band keys) all run on the normalized documents, every document, so all
    see the same input. ``dedup cluster`` is the global step over all signatures (once).
 2. Flow: ``lmwright curate`` in a subprocess (fresh workdir and PREFECT_HOME each run,
@@ -112,7 +112,7 @@ def write_jsonl(records: list[dict[str, str]], path: Path) -> Path:
 
 
 def frame(records: list[dict[str, str]], path: Path) -> pl.DataFrame:
-    from tasks.dataset import DOC_SCHEMA
+    from lmwright.tasks.core.dataset import DOC_SCHEMA
 
     return pl.DataFrame(
         {
@@ -141,11 +141,11 @@ def timed(fn: Callable[[pl.DataFrame], pl.DataFrame], parts: list[pl.DataFrame],
 
 
 def stage_table(label: str, df: pl.DataFrame, config: Any, shard_docs: int, repeat: int) -> list[dict[str, Any]]:
-    from tasks.dedup import cluster_frame, signature_frame
-    from tasks.langid import apply_langid
-    from tasks.normalize import apply_normalize
-    from tasks.pii import apply_pii
-    from tasks.quality import apply_quality
+    from lmwright.tasks.curate.dedup import cluster_frame, signature_frame
+    from lmwright.tasks.curate.langid import apply_langid
+    from lmwright.tasks.curate.normalize import apply_normalize
+    from lmwright.tasks.curate.pii import apply_pii
+    from lmwright.tasks.curate.quality import apply_quality
 
     def mb(parts: list[pl.DataFrame]) -> float:
         return sum(int(p["text"].str.len_bytes().sum() or 0) for p in parts) / 1e6
@@ -371,7 +371,7 @@ def main() -> int:
     scales = [int(s) for s in args.scales.split(",") if s]
     flow_scales = [int(s) for s in args.flow_scales.split(",") if s]
 
-    from flows.config import CurateConfig, load_config
+    from lmwright.flows.config import CurateConfig, load_config
 
     config = load_config(CurateConfig, "tiny", ["langid.languages=null", f"ingest.shard_docs={args.shard_docs}"])
     base = args.workdir or Path(tempfile.mkdtemp(prefix="curate-bench-"))
@@ -387,7 +387,7 @@ def main() -> int:
         for s in scales:
             recs, path = inputs[s]
             stage_table(f"x{s}", frame(recs, path), config, args.shard_docs, args.repeat)
-        from tasks.langid import shutdown_pool
+        from lmwright.tasks.curate.langid import shutdown_pool
 
         shutdown_pool()
         runs = [run_flow(f"x{s}", inputs[s][1], base, args.shard_docs, args.interval, args.flow_set) for s in flow_scales]

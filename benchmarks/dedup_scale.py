@@ -44,9 +44,9 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.dataset import write_parquet  # noqa: E402
-from tasks.dedup import DedupParams, _gather_ranges  # noqa: E402
-from tasks.minhash import band_hashes  # noqa: E402
+from lmwright.tasks.core.dataset import write_parquet  # noqa: E402
+from lmwright.tasks.curate.dedup import DedupParams, _gather_ranges  # noqa: E402
+from lmwright.tasks.curate.minhash import band_hashes  # noqa: E402
 
 P_DISTINCT, P_EXACT, P_NEAR, P_BOILER = 0.75, 0.08, 0.15, 0.02
 BUCKET = 500  # boilerplate documents per shared band-0 value
@@ -124,7 +124,7 @@ def child(engine: str, paths_file: str, out: str) -> None:
     """Run one engine on the files listed in ``paths_file``; print a JSON line of results."""
     import resource
 
-    import tasks.dedup as dedup
+    import lmwright.tasks.curate.dedup as dedup
 
     paths = json.loads(Path(paths_file).read_text())
     params = DedupParams()

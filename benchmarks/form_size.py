@@ -21,12 +21,12 @@ from typing import Any
 
 from prefect.utilities.callables import parameter_schema
 
-from deployments.serve import deployment_parameters
-from flows.config import CurateConfig, PipelineConfig, load_config
-from flows.curate import curate
-from flows.pipeline import Until, pipeline
-from flows.refresh import refresh
-from tasks.refresh import RefreshSettings
+from lmwright.deployments.serve import deployment_parameters
+from lmwright.flows.config import CurateConfig, PipelineConfig, load_config
+from lmwright.flows.curate import curate
+from lmwright.flows.pipeline import Until, pipeline
+from lmwright.flows.refresh import refresh
+from lmwright.tasks.refresh.versions import RefreshSettings
 
 
 def leaf_fields(schema: dict[str, Any]) -> int:

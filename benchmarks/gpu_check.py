@@ -3,11 +3,11 @@ throughput against the CPU peer measured in the same run.
 
     LMWRIGHT_SHARED_DATA=<dir with tinyshakespeare/> python benchmarks/gpu_check.py [--steps 600] [--json out.json]
 
-1. Tokens: tinyshakespeare, byte-level BPE (vocab 1024, ``tasks.bpe``), first 90% train, rest validation.
-2. ``tasks.train.train`` on CUDA in this process, the ``tiny`` preset, ``--steps`` steps: loss curve,
+1. Tokens: tinyshakespeare, byte-level BPE (vocab 1024, ``models.tokenizer``), first 90% train, rest validation.
+2. ``tasks.train.loop.train`` on CUDA in this process, the ``tiny`` preset, ``--steps`` steps: loss curve,
    tokens/s. Loss must fall well below its start (the run learns).
 3. The same params through the training task's launch path: ``python -m torch.distributed.run
-   --standalone --nproc_per_node=1 -m tasks.train_worker spec.json`` (the NCCL process group on
+   --standalone --nproc_per_node=1 -m tasks.train.worker spec.json`` (the NCCL process group on
    CUDA, rank 0 writing the result). Its validation curve must match step 2's (same seed, same
    data order) within 0.05 nats (bf16 and kernel choice differ run to run). What one GPU cannot
    check: with a single rank ``train`` does not wrap the model in DDP (it does when world > 1), so
@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.gpt import GPT  # noqa: E402
-from tasks.bpe import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
-from tasks.train import Batches, ModelSpec, TrainParams, train  # noqa: E402
+from lmwright.models.gpt import GPT  # noqa: E402
+from lmwright.models.tokenizer import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
+from lmwright.tasks.train.loop import Batches, ModelSpec, TrainParams, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LMWRIGHT_SHARED_DATA") or ROOT.parent / "shared" / "data")
@@ -82,7 +82,7 @@ def torchrun(out: Path, paths: dict[str, str], params: TrainParams, vocab: int) 
     }
     (out / "train_spec.json").write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-           "-m", "tasks.train_worker", str(out / "train_spec.json")]
+           "-m", "lmwright.tasks.train.worker", str(out / "train_spec.json")]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.langid import _model, detect_all, detect_batch, shutdown_pool  # noqa: E402
+from lmwright.tasks.curate.langid import _model, detect_all, detect_batch, shutdown_pool  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALIASES = {"nb": "no"}

@@ -10,7 +10,7 @@ counted as documents the stage changed.
 
     python benchmarks/pii_recall.py [--docs 4000] [--seed 20261130] [--baseline <git commit>]
 
-The baseline's tasks/pii.py is read from git (default: the commit before local phones).
+The baseline's tasks/curate/pii.py is read from git (default: the commit before local phones).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def main() -> None:
         kinds.append(kind)
         texts.append(f"{a}. {item}. {b}.")
         clean.append(f"{a}. {look_alike(rng)}. {b}.")
-    baseline_src = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.baseline}:tasks/pii.py"],
+    baseline_src = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.baseline}:tasks/curate/pii.py"],
                                   capture_output=True, text=True, check=True).stdout
     results = {
         f"baseline {args.baseline}": score(load_pii(baseline_src, "pii_baseline"), frame_of(texts), kinds, frame_of(clean)),

@@ -5,7 +5,7 @@ datatrove is not a project dependency; run this from a separate venv (see benchm
     POLARS_MAX_THREADS=1 ../venv-bench/bin/python benchmarks/quality_vs_datatrove.py
 
 Both sides run in this process, one after the other, on the same documents: ours is
-``tasks.quality.apply_quality`` with default ``QualityParams``; datatrove's is its
+``tasks.curate.quality.apply_quality`` with default ``QualityParams``; datatrove's is its
 GopherRepetitionFilter -> GopherQualityFilter -> C4QualityFilter -> FineWebQualityFilter,
 defaults throughout, in sequence (C4 rewrites the text FineWeb then reads, as in datatrove).
 """
@@ -71,7 +71,7 @@ def run_datatrove(docs: list[dict]) -> tuple[list[str | None], float]:
 
 
 def run_ours(docs: list[dict], repeat: int) -> tuple[list[str | None], float]:
-    from tasks.quality import QualityParams, apply_quality
+    from lmwright.tasks.curate.quality import QualityParams, apply_quality
 
     df = pl.DataFrame({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]})
     params = QualityParams()

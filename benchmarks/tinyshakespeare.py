@@ -6,13 +6,13 @@
 nanoGPT's split: train on the first 90% of input.txt, validate on the last 10%. Everything
 goes through the project's own code paths:
 
-1. tokenizer: ``tasks.tokenize.train_bpe`` (byte-level BPE) on the train part only;
-2. training:  ``tasks.train.train`` with ``TrainParams.max_seconds`` as the budget. The cosine
+1. tokenizer: ``tasks.train.tokenize.train_bpe`` (byte-level BPE) on the train part only;
+2. training:  ``tasks.train.loop.train`` with ``TrainParams.max_seconds`` as the budget. The cosine
    schedule must end when the budget does: ``max_steps`` is first set from a short timed
    calibration (a few steps on a throwaway model, not counted in the budget), then re-planned
    at every validation from the throughput so far (``Replan``), because on a shared machine
    the throughput moves during the run;
-3. scoring:   ``tasks.evaluate.heldout_loss`` of the final weights on the whole val part, in
+3. scoring:   ``tasks.train.evaluate.heldout_loss`` of the final weights on the whole val part, in
    non-overlapping blocks (the first token of each block is predicted with no context);
    bits per byte = mean nats/token * val tokens / ln 2 / val UTF-8 bytes.
 
@@ -44,11 +44,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.gpt import GPT  # noqa: E402
-from tasks.evaluate import EvalParams, heldout_loss  # noqa: E402
-from tasks.bpe import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
-from tasks.train import Batches, ModelSpec, TrainParams, batch_at, train  # noqa: E402
+from lmwright.models.checkpoint import load_checkpoint  # noqa: E402
+from lmwright.models.gpt import GPT  # noqa: E402
+from lmwright.tasks.train.evaluate import EvalParams, heldout_loss  # noqa: E402
+from lmwright.models.tokenizer import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
+from lmwright.tasks.train.loop import Batches, ModelSpec, TrainParams, batch_at, train  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 LN2 = math.log(2)

@@ -9,9 +9,9 @@ Step budgets make the FLOPs comparison independent of machine load; seconds and 
 depend on it. ``--workdir`` keeps the runs and reuses the pretraining and from-scratch runs
 when their settings match, so fine-tuning recipes can be compared against the same two.
 
-1. Tokenizer: ``tasks.bpe.train_bpe`` (byte-level BPE, vocab 1024) on the pretraining text
+1. Tokenizer: ``models.tokenizer.train_bpe`` (byte-level BPE, vocab 1024) on the pretraining text
    only; the narrow set is encoded with it as is (what reusing a pretrained model means).
-2. Pretrain: the ``tiny`` preset with ``tasks.train.train`` on a broad corpus (default:
+2. Pretrain: the ``tiny`` preset with ``tasks.train.loop.train`` on a broad corpus (default:
    Project Gutenberg novels in 4 KB pieces plus the crawled web pages of shared/data/web,
    shuffled, 5% held out).
 3. The narrow set: ``shakespeare`` (tinyshakespeare, 90/10 split: verse drama, a style the
@@ -26,7 +26,7 @@ when their settings match, so fine-tuning recipes can be compared against the sa
 
 Compute to the target, for each: training FLOPs (``GPT.flops_per_token`` x tokens up to the
 validation that first met the target; evaluations excluded), wall-clock seconds to that
-validation, and energy from ``tasks.energy.track`` (codecarbon; the from-scratch energy is
+validation, and energy from ``tasks.core.energy.track`` (codecarbon; the from-scratch energy is
 prorated to its seconds-to-target when it met the target before its budget ended). The
 validation interval bounds the resolution of "steps to target". The pretraining cost is
 printed too: the ratio leaves it out (the pretrained model is reused by every fine-tune),
@@ -51,10 +51,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.gpt import GPT  # noqa: E402
-from tasks.energy import EnergySettings, track  # noqa: E402
-from tasks.bpe import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
-from tasks.train import Batches, ModelSpec, TrainParams, batch_at, train  # noqa: E402
+from lmwright.models.gpt import GPT  # noqa: E402
+from lmwright.tasks.core.energy import EnergySettings, track  # noqa: E402
+from lmwright.models.tokenizer import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
+from lmwright.tasks.train.loop import Batches, ModelSpec, TrainParams, batch_at, train  # noqa: E402
 
 # ../shared/data beside the checkout; LMWRIGHT_SHARED_DATA points elsewhere (e.g. a copy on a GPU machine)
 DATA = Path(os.environ.get("LMWRIGHT_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

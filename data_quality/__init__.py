@@ -13,7 +13,7 @@ The suites are described in data_quality/suites.py, the regexes behind the text 
 
 from __future__ import annotations
 
-from data_quality.settings import DataQualityError, Severity, ValidationSettings
-from data_quality.validate import validate_shard, validate_stage
+from lmwright.data_quality.settings import DataQualityError, Severity, ValidationSettings
+from lmwright.data_quality.validate import validate_shard, validate_stage
 
 __all__ = ["DataQualityError", "Severity", "ValidationSettings", "validate_shard", "validate_stage"]

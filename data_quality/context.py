@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from data_quality.patterns import mask_identifier
+from lmwright.data_quality.patterns import mask_identifier
 
 _LOCK = threading.RLock()
 _LOCAL = threading.local()
@@ -53,7 +53,7 @@ def _state() -> _State:
                 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
                 import great_expectations as gx
 
-                import data_quality.expectations  # noqa: F401  (registers the custom expectations)
+                import lmwright.data_quality.expectations  # noqa: F401  (registers the custom expectations)
 
                 from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -181,7 +181,7 @@ def site_for(docs_dir: str | Path) -> str:
                     "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": path},
                     "site_index_builder": {
                         "class_name": "KeepPagesSiteIndexBuilder",
-                        "module_name": "data_quality.docs_index",
+                        "module_name": "lmwright.data_quality.docs_index",
                     },
                 },
             )

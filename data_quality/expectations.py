@@ -14,7 +14,7 @@ from great_expectations.expectations.metrics.map_metric_provider.multicolumn_con
     multicolumn_condition_partial,
 )
 
-from data_quality import patterns
+from lmwright.data_quality import patterns
 
 
 class MulticolumnFirstEqualsSumOfRest(MulticolumnMapMetricProvider):

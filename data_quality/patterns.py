@@ -2,7 +2,7 @@
 
 They are deliberately conservative: each must match only what is almost surely the
 thing it names, so ordinary prose, code, dates, versions and prices never fail a suite.
-The PII stage (tasks/pii.py) redacts into typed placeholders such as ``<EMAIL>``,
+The PII stage (tasks/curate/pii.py) redacts into typed placeholders such as ``<EMAIL>``,
 ``<PHONE>`` and ``<IP>``; no placeholder matches any regex here. The contract for the
 PII stage is: *after redaction none of these patterns may match the text*. Its own
 detectors may be broader (they may redact more), never narrower; importing these

@@ -53,7 +53,7 @@ def _common() -> list[Any]:
 
 
 def _normalize(params: Any, columns: Sequence[str]) -> list[Any]:
-    from data_quality.expectations import ExpectColumnValuesToNotContainControlCharacters
+    from lmwright.data_quality.expectations import ExpectColumnValuesToNotContainControlCharacters
 
     return [ExpectColumnValuesToNotContainControlCharacters(column="text")]
 
@@ -80,7 +80,7 @@ def _quality(params: Any, columns: Sequence[str]) -> list[Any]:
 def _pii(params: Any, columns: Sequence[str]) -> list[Any]:
     import great_expectations as gx
 
-    from data_quality.expectations import (
+    from lmwright.data_quality.expectations import (
         ExpectColumnValuesToNotContainEmailAddress,
         ExpectColumnValuesToNotContainIpv4Address,
         ExpectColumnValuesToNotContainPhoneNumber,
@@ -157,7 +157,7 @@ def accounting_suite() -> tuple[str, Callable[[], list[Any]]]:
     def build() -> list[Any]:
         import great_expectations as gx
 
-        from data_quality.expectations import ExpectFirstColumnToEqualSumOfOthers
+        from lmwright.data_quality.expectations import ExpectFirstColumnToEqualSumOfOthers
 
         return [
             ExpectFirstColumnToEqualSumOfOthers(column_list=["in", "kept", "rejected"]),

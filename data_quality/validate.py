@@ -14,9 +14,9 @@ from typing import Any, Iterable, Sequence
 
 import polars as pl
 
-from data_quality.patterns import mask_identifier
-from data_quality.settings import DataQualityError, ValidationSettings
-from data_quality.suites import accounting_suite, rejected_suite, shard_suite, signal_columns, unique_suite
+from lmwright.data_quality.patterns import mask_identifier
+from lmwright.data_quality.settings import DataQualityError, ValidationSettings
+from lmwright.data_quality.suites import accounting_suite, rejected_suite, shard_suite, signal_columns, unique_suite
 
 _log = logging.getLogger("lmwright.data_quality")
 _HASH_SEED = 0x6C6D77  # fixed: hashes are compared only within one process, but keep them reproducible
@@ -36,7 +36,7 @@ def validate_shard(
     """
     if not settings.enabled:
         return
-    from data_quality import context
+    from lmwright.data_quality import context
 
     frame = kept
     note = ""
@@ -74,7 +74,7 @@ def validate_stage(
     (and, after dedup, text unique across shards). Raises or warns like validate_shard."""
     if not settings.enabled:
         return
-    from data_quality import context
+    from lmwright.data_quality import context
 
     out_dir = Path(out_dir)
     hashed = ["id_hash"] + (["text_hash"] if stage == "dedup" else [])
@@ -184,7 +184,7 @@ def _report(
     max_examples: int,
     notes: Iterable[str] = (),
 ) -> None:
-    from data_quality import context
+    from lmwright.data_quality import context
 
     severity = settings.severity_for(stage)
     lines = [f"data quality {'FAILED' if severity == 'fail' else 'warning'}: stage {stage!r}, {where}"]

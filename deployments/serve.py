@@ -13,8 +13,8 @@ from typing import Any
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from flows.config import PipelineConfig, apply_overrides
-from flows.forms import SCHEDULE_FIELDS, CurateForm, PipelineForm, RefreshForm, shown_fields
+from lmwright.flows.config import PipelineConfig, apply_overrides
+from lmwright.flows.forms import SCHEDULE_FIELDS, CurateForm, PipelineForm, RefreshForm, shown_fields
 
 # One refresh at a time: a second nightly run that finds one still going is cancelled,
 # not queued (two refreshes would race for the same ledger and corpus version).
@@ -66,9 +66,9 @@ def build_deployments(
     config: PipelineConfig, parameters: dict[str, dict[str, Any]], schedule_refresh: bool = True
 ) -> list[Any]:
     """pipeline (manual), curate (manual), refresh (nightly cron from ``config.refresh``, concurrency 1)."""
-    from flows.curate import curate
-    from flows.pipeline import pipeline
-    from flows.refresh import refresh
+    from lmwright.flows.curate import curate
+    from lmwright.flows.pipeline import pipeline
+    from lmwright.flows.refresh import refresh
 
     schedules = [config.refresh.schedule()] if schedule_refresh else []
     return [

@@ -14,24 +14,24 @@ from typing import Any, Iterator, Literal, Sequence, TypeVar, Union, get_args, g
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_quality import ValidationSettings
-from tasks.bias import BiasAuditParams, BiasParams
-from tasks.dedup import DedupParams
-from tasks.energy import CarbonWindow, EnergySettings
-from tasks.errors import UserError
-from tasks.ingest import IngestParams
-from tasks.langid import LangidParams
-from tasks.license import LicenseParams
-from tasks.normalize import NormalizeParams
-from tasks.pii import PiiParams
-from tasks.quality import QualityParams
-from tasks.refresh import RefreshSettings
-from tasks.retention import RejectedSettings, RetentionSettings
-from tasks.sft import SftDataParams
-from tasks.tokenize import TokenizeParams
-from tasks.train_params import EvalParams, LoraParams, TrainParams  # not tasks.train/evaluate: those import torch
+from lmwright.data_quality import ValidationSettings
+from lmwright.tasks.core.shipped import CONFIG_DIR
+from lmwright.tasks.curate.bias import BiasAuditParams, BiasParams
+from lmwright.tasks.curate.dedup import DedupParams
+from lmwright.tasks.core.energy import CarbonWindow, EnergySettings
+from lmwright.tasks.core.errors import UserError
+from lmwright.tasks.curate.ingest import IngestParams
+from lmwright.tasks.curate.langid import LangidParams
+from lmwright.tasks.curate.license import LicenseParams
+from lmwright.tasks.curate.normalize import NormalizeParams
+from lmwright.tasks.curate.pii import PiiParams
+from lmwright.tasks.curate.quality import QualityParams
+from lmwright.tasks.refresh.versions import RefreshSettings
+from lmwright.tasks.curate.retention import RejectedSettings, RetentionSettings
+from lmwright.tasks.train.sft import SftDataParams
+from lmwright.tasks.train.tokenize import TokenizeParams
+from lmwright.tasks.train.params import EvalParams, LoraParams, TrainParams  # not tasks.train.loop/evaluate: those import torch
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_WORKDIR = "lmwright-work"
 
 

@@ -7,23 +7,24 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.runners import default_task_runner
-from flows.config import CurateConfig
-from flows.forms import DEFAULT_PRESET, CurateForm, resolve_config
-from tasks.bias import BIAS_STAGE
-from tasks.card import CardInputs, card_work, require_documents, write_card
-from tasks.dataset import DatasetRef
-from tasks.dedup import run_dedup
-from tasks.ingest import run_ingest
-from tasks.langid import LANGID_STAGE
-from tasks.license import LICENSE_STAGE, resolve_optouts
-from tasks.normalize import NORMALIZE_STAGE
-from tasks.pii import PII_STAGE, resolve_pii
-from tasks.quality import QUALITY_STAGE
-from tasks.retention import TextDroppedError, forget_text_dropped, require_text, run_retention
-from tasks.sources import SourceInput
-from tasks.results import PERSISTED_RESULTS
-from tasks.stage import run_shard_stage
+from lmwright.flows.runners import default_task_runner
+from lmwright.flows.config import CurateConfig
+from lmwright.flows.forms import DEFAULT_PRESET, CurateForm, resolve_config
+from lmwright.tasks.curate.bias import BIAS_STAGE
+from lmwright.tasks.curate.card import CardInputs, card_work, require_documents, write_card
+from lmwright.tasks.core.dataset import DatasetRef
+from lmwright.tasks.curate.dedup import run_dedup
+from lmwright.tasks.curate.ingest import run_ingest
+from lmwright.tasks.curate.langid import LANGID_STAGE
+from lmwright.tasks.curate.license import LICENSE_STAGE, resolve_optouts
+from lmwright.tasks.curate.normalize import NORMALIZE_STAGE
+from lmwright.tasks.curate.pii import PII_STAGE, resolve_pii
+from lmwright.tasks.curate.quality import QUALITY_STAGE
+from lmwright.tasks.core.dataset import TextDroppedError, forget_text_dropped, require_text
+from lmwright.tasks.curate.retention import run_retention
+from lmwright.tasks.curate.sources import SourceInput
+from lmwright.tasks.core.results import PERSISTED_RESULTS
+from lmwright.tasks.core.stage import run_shard_stage
 
 
 class CuratedCorpus(BaseModel):

@@ -23,10 +23,10 @@ from typing import Annotated, Any, Iterable, TypeVar, Union, get_args, get_origi
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from flows.config import CurateConfig, PipelineConfig, build_config, preset_path, read_yaml
-from flows.config import _section_model as section_model
-from tasks.refresh import RefreshSettings
-from tasks.sources import SourceInput, SourceSpec
+from lmwright.flows.config import CurateConfig, PipelineConfig, build_config, preset_path, read_yaml
+from lmwright.flows.config import _section_model as section_model
+from lmwright.tasks.refresh.versions import RefreshSettings
+from lmwright.tasks.curate.sources import SourceInput, SourceSpec
 
 C = TypeVar("C", bound=BaseModel)
 # What a run starts from unless it names another preset: the CLI's default (--config) too.

@@ -7,13 +7,13 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.runners import build_task_runner, default_task_runner
-from flows.config import PipelineConfig
-from flows.curate import curate
-from flows.forms import DEFAULT_PRESET, PipelineForm, resolve_config
-from flows.train import Evaluation, TrainedModels, evaluate_flow, train_flow
-from tasks.results import PERSISTED_RESULTS
-from tasks.sources import SourceInput
+from lmwright.flows.runners import build_task_runner, default_task_runner
+from lmwright.flows.config import PipelineConfig
+from lmwright.flows.curate import curate
+from lmwright.flows.forms import DEFAULT_PRESET, PipelineForm, resolve_config
+from lmwright.flows.train import Evaluation, TrainedModels, evaluate_flow, train_flow
+from lmwright.tasks.core.results import PERSISTED_RESULTS
+from lmwright.tasks.curate.sources import SourceInput
 
 Until = Literal["curate", "tokenize", "pretrain", "finetune", "evaluate", "export"]
 

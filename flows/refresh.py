@@ -4,7 +4,7 @@ evaluate, promote if the gate passes, and commit a new immutable corpus version.
 
 Crash safety: every step is a cached stage keyed by its output fingerprint, the plan (base
 model, tokenizer) is saved before work starts, and the corpus version, its index file and
-the ledger are written whole at the end (see tasks/refresh.py), so a refresh killed anywhere
+the ledger are written whole at the end (see tasks/refresh/versions.py), so a refresh killed anywhere
 and run again finishes the same work and never writes a document twice.
 """
 
@@ -18,15 +18,16 @@ from prefect.artifacts import create_markdown_artifact
 import polars as pl
 from pydantic import BaseModel, Field
 
-from flows.config import PipelineConfig
-from flows.curate import curate
-from flows.forms import DEFAULT_PRESET, RefreshForm, RefreshSettingsForm, resolve_config, resolve_settings
-from flows.train import Evaluation, TrainedModels, evaluate_flow
-from models.checkpoint import load_config
-from tasks.dataset import DatasetRef, file_sha256, is_complete
-from tasks.energy import wait_for_window
-from tasks.modeling import ModelRef, evaluate_model, finetune_model, model_work, pretrain_model
-from tasks.refresh import (
+from lmwright.flows.config import PipelineConfig
+from lmwright.flows.curate import curate
+from lmwright.flows.forms import DEFAULT_PRESET, RefreshForm, RefreshSettingsForm, resolve_config, resolve_settings
+from lmwright.flows.train import Evaluation, TrainedModels, evaluate_flow
+from lmwright.models.checkpoint import load_config
+from lmwright.tasks.core.dataset import DatasetRef, file_sha256, is_complete
+from lmwright.tasks.core.energy import wait_for_window
+from lmwright.models.run import ModelRef
+from lmwright.tasks.train.modeling import evaluate_model, finetune_model, model_work, pretrain_model
+from lmwright.tasks.refresh.versions import (
     NOTHING_NEW,
     REASON_ID,
     REASON_PREVIOUS,
@@ -50,13 +51,13 @@ from tasks.refresh import (
     scan_sources,
     write_ledger,
 )
-from tasks.sft import run_sft_data
-from tasks.sources import SourceInput
-from tasks.license import LicenseParams, resolve_optouts
-from tasks.results import PERSISTED_RESULTS
-from tasks.stage import plan_stage
-from tasks.tokenize import TOKENIZER_FILE, TokenDatasetRef, TokenizeParams, run_tokenize
-from tasks.withdraw import (
+from lmwright.tasks.train.sft import run_sft_data
+from lmwright.tasks.curate.sources import SourceInput
+from lmwright.tasks.curate.license import LicenseParams, resolve_optouts
+from lmwright.tasks.core.results import PERSISTED_RESULTS
+from lmwright.tasks.core.stage import plan_stage
+from lmwright.tasks.train.tokenize import TOKENIZER_FILE, TokenDatasetRef, TokenizeParams, run_tokenize
+from lmwright.tasks.refresh.withdraw import (
     consent_params,
     find_withdrawn,
     next_record,
@@ -326,7 +327,7 @@ def _regression(config: PipelineConfig, settings: RefreshSettings, plan: Refresh
     tokens = TokenDatasetRef(models.tokens, Path(models.tokens).name)
     sft = None
     if models.sft:
-        from tasks.sft import SftDatasetRef
+        from lmwright.tasks.train.sft import SftDatasetRef
 
         sft = SftDatasetRef(path=models.sft, fingerprint=Path(models.sft).name)
     final_path = models.finetuned or models.pretrained

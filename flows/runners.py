@@ -7,8 +7,8 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.config import RunnerSettings
-from tasks.cpu_threads import cpu_env
+from lmwright.flows.config import RunnerSettings
+from lmwright.tasks.core.cpu_threads import cpu_env
 
 
 def default_task_runner() -> ThreadPoolTaskRunner:

@@ -9,20 +9,21 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel
 
-from flows.runners import default_task_runner
-from flows.config import PipelineConfig
-from tasks.dataset import DatasetRef, write_json
+from lmwright.flows.runners import default_task_runner
+from lmwright.flows.config import PipelineConfig
+from lmwright.tasks.core.dataset import DatasetRef, write_json
 from prefect.artifacts import create_table_artifact
 
-from tasks.energy import energy_table, wait_for_window
-from tasks.modeling import ModelRef, evaluate_model, export_model, finetune_model, model_work, pretrain_model
-from tasks.model_card import render_model_card
-from tasks.withdraw import withdrawal_report
-from tasks.sft import SftDatasetRef, run_sft_data
-from tasks.results import PERSISTED_RESULTS
-from tasks.files import append_line_once
-from tasks.stage import is_not_data_quality_error, plan_stage
-from tasks.tokenize import TokenDatasetRef, run_tokenize
+from lmwright.tasks.core.energy import energy_table, wait_for_window
+from lmwright.models.run import ModelRef
+from lmwright.tasks.train.modeling import evaluate_model, export_model, finetune_model, model_work, pretrain_model
+from lmwright.tasks.train.model_card import render_model_card
+from lmwright.tasks.refresh.withdraw import render_withdrawals_markdown, withdrawal_report
+from lmwright.tasks.train.sft import SftDatasetRef, run_sft_data
+from lmwright.tasks.core.results import PERSISTED_RESULTS
+from lmwright.tasks.core.files import append_line_once
+from lmwright.tasks.core.stage import is_not_data_quality_error, plan_stage
+from lmwright.tasks.train.tokenize import TokenDatasetRef, run_tokenize
 
 PROMOTED = "promoted.json"
 
@@ -95,7 +96,8 @@ def evaluate_flow(
         return Evaluation(report=work.out_dir, metrics=metrics, export=None, promoted=False, reasons=["export skipped"])
 
     energy = run_energy(corpus_card, models.tokens, [models.pretrained, models.finetuned])
-    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawal_report(workdir, withdrawn), energy)
+    withdrawals = render_withdrawals_markdown(withdrawal_report(workdir, withdrawn), model=final.path, heading="###")
+    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawals, energy)
     publish_energy(energy)
     export_work = plan_stage(workdir, "export", "1", {"card": card}, [final.fingerprint], area="exports")
     hf_dir = export_model(export_work, final, metrics, card)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import save_file
 
-from models.gpt import GPT, GPTConfig, has_lora
+from lmwright.models.gpt import GPT, GPTConfig, has_lora
 
 # our name -> HF Llama name, per layer ("{i}" is the layer index)
 LAYER_NAMES = {

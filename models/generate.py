@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from models.export import LAYER_NAMES
-from models.gpt import GPT, GPTConfig
-from tasks.bpe import SpecialTokens, load_tokenizer
-from tasks.errors import UserError
+from lmwright.models.export import LAYER_NAMES
+from lmwright.models.gpt import GPT, GPTConfig
+from lmwright.models.tokenizer import CHAT_TEMPLATE, SpecialTokens, load_tokenizer
+from lmwright.tasks.core.errors import UserError
 
 PROMOTED = "promoted.json"  # the pointer flows/train.py's promote() writes into a workdir
 
@@ -86,7 +86,7 @@ def load_generator(path: Path, device: str = "cpu") -> Generator:
 
 
 def _load_training_run(path: Path, device: str) -> Generator:
-    from tasks.modeling import CHAT_TEMPLATE, ModelRef  # Prefect comes with it: only for run directories
+    from lmwright.models.run import ModelRef  # noqa: PLC0415 - one of two sources a model loads from
 
     path = path.resolve()  # W/latest/<stage> is a link to the fingerprint directory
     ref = ModelRef(stage=path.parent.name, fingerprint=path.name, path=str(path))
@@ -140,7 +140,6 @@ def _load_export(path: Path, device: str) -> Generator:
     tokenizer = load_tokenizer(path / "tokenizer.json")
     template = tok_cfg.get("chat_template")
     if not template:
-        from tasks.modeling import CHAT_TEMPLATE
 
         template = CHAT_TEMPLATE
     eos = tokenizer.token_to_id(tok_cfg.get("eos_token") or SpecialTokens().eot)

@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 import torch
 
-from tasks.bias import (
+from lmwright.tasks.core.shipped import CONFIG_DIR
+from lmwright.tasks.curate.bias import (
     AXES,
     BIAS_STAGE,
     BiasAuditParams,
@@ -33,7 +34,7 @@ from tasks.bias import (
     representation,
     terms_pattern,
 )
-from tasks.dataset import DatasetRef, fingerprint, split_decisions, write_manifest, write_shard
+from lmwright.tasks.core.dataset import DatasetRef, fingerprint, split_decisions, write_manifest, write_shard
 
 
 def docs(texts: list[str], prefix: str = "d") -> pl.DataFrame:
@@ -105,7 +106,7 @@ def test_params_partial_dict_and_lexicon_hash_in_fingerprint(tmp_path: Path):
     # a copied lexicon dir with one more term: new digest, new fingerprint
     lexdir = tmp_path / "lex"
     lexdir.mkdir()
-    for f in Path(load_lexicons.__globals__["REPO_ROOT"], "configs/lexicons").iterdir():
+    for f in (CONFIG_DIR / "lexicons").iterdir():
         (lexdir / f.name).write_text(f.read_text())
     a = BiasParams(lexicon_dir=str(lexdir))
     assert a.lexicon_digest == p.lexicon_digest
@@ -296,8 +297,8 @@ def test_real_web_text(shared_data: Path):
 
 
 def test_shipped_probes_run_on_an_untrained_model():
-    from models.gpt import GPT, GPTConfig
-    from tasks.tokenize import SpecialTokens, train_bpe, vocab_size_of
+    from lmwright.models.gpt import GPT, GPTConfig
+    from lmwright.tasks.train.tokenize import SpecialTokens, train_bpe, vocab_size_of
 
     probes = load_probes()
     assert set(probes.axes) == set(AXES) and {"negative", "positive"} <= set(probes.continuations)
@@ -333,8 +334,8 @@ def _corpus(skewed: bool, n: int = 1000, seed: int = 0) -> list[str]:
 
 
 def _train_tiny(texts: list[str], tok, steps: int = 150, seed: int = 0):
-    from models.gpt import GPT, GPTConfig
-    from tasks.tokenize import vocab_size_of
+    from lmwright.models.gpt import GPT, GPTConfig
+    from lmwright.tasks.train.tokenize import vocab_size_of
 
     torch.manual_seed(seed)
     eot = tok.token_to_id("<|endoftext|>")
@@ -356,7 +357,7 @@ def _train_tiny(texts: list[str], tok, steps: int = 150, seed: int = 0):
 
 
 def test_probe_gap_larger_for_model_trained_on_skewed_corpus():
-    from tasks.tokenize import SpecialTokens, train_bpe
+    from lmwright.tasks.train.tokenize import SpecialTokens, train_bpe
 
     skewed, balanced = _corpus(True), _corpus(False)
     tok = train_bpe(skewed + balanced, 300, 2, SpecialTokens())  # one tokenizer: same ids for both models
@@ -390,8 +391,8 @@ def test_probe_gap_larger_for_model_trained_on_skewed_corpus():
 
 
 def test_fairness_flags_warn_by_default_and_fail_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.card as card
-    from data_quality import DataQualityError, ValidationSettings
+    import lmwright.tasks.curate.card as card
+    from lmwright.data_quality import DataQualityError, ValidationSettings
 
     audit = {"flagged": True}
     monkeypatch.setattr(card, "fairness_violations", lambda a: ["quality removed 40% of docs mentioning X vs 10%"])

@@ -22,23 +22,23 @@ def heavy_modules_after(code: str) -> list[str]:
     """The HEAVY modules a fresh interpreter holds after running ``code``."""
     probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env=dict(os.environ))
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_what_lmwright_curate_imports_before_its_flow_runs_is_light() -> None:
     # the CLI, the config (every stage's parameters), the curate flow and its task runner
-    assert heavy_modules_after("import flows.cli, flows.config, flows.curate, flows.runners, flows.embedded_server") == []
+    assert heavy_modules_after("import lmwright.deployments.cli, lmwright.flows.config, lmwright.flows.curate, lmwright.flows.runners, lmwright.deployments.embedded_server") == []
 
 
 def test_what_lmwright_run_imports_before_its_flow_runs_is_light() -> None:
     # the pipeline imports the train and evaluate flows and their tasks; torch only loads when one trains or scores
-    assert heavy_modules_after("import flows.cli, flows.pipeline, tasks.modeling, tasks.model_card") == []
+    assert heavy_modules_after("import lmwright.deployments.cli, lmwright.flows.pipeline, lmwright.tasks.train.modeling, lmwright.tasks.train.model_card") == []
 
 
 def test_the_parameter_models_stay_importable_from_where_they_were() -> None:
-    from tasks import evaluate, train, train_params
+    from lmwright.tasks.train import evaluate, loop as train, params as train_params
 
     assert train.TrainParams is train_params.TrainParams and train.LoraParams is train_params.LoraParams
     assert train.ModelSpec is train_params.ModelSpec
@@ -47,7 +47,7 @@ def test_the_parameter_models_stay_importable_from_where_they_were() -> None:
 
 EMBEDDED = """
 import json, sys
-from flows.embedded_server import embedded_server, wait_for_server
+from lmwright.deployments.embedded_server import embedded_server, wait_for_server
 
 with embedded_server() as server:  # before Prefect is imported, as the CLI does: the server process decides
     from prefect import flow, task
@@ -77,7 +77,7 @@ print(json.dumps(out))
 @pytest.mark.parametrize("prefect_first", [False, True], ids=["from-the-cli", "prefect-imported-first"])
 def test_lmwright_starts_the_embedded_server_serves_flows_on_it_and_stops_it(tmp_path: Path, prefect_first: bool) -> None:
     # from the CLI the server is launched before Prefect is imported; a caller that imported Prefect gets it at wait_for_server()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "home"),
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
     env.pop("PREFECT_API_URL", None)
     script = ("import prefect\n" if prefect_first else "") + EMBEDDED
@@ -94,7 +94,7 @@ def test_lmwright_starts_the_embedded_server_serves_flows_on_it_and_stops_it(tmp
 def test_a_configured_server_is_used_and_nothing_is_started(monkeypatch) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import embedded_server as es
+    from lmwright.deployments import embedded_server as es
 
     started = []
     monkeypatch.setattr(es.EmbeddedServer, "start", lambda self, env=None: started.append(self) or self)
@@ -107,7 +107,7 @@ def test_a_configured_server_is_used_and_nothing_is_started(monkeypatch) -> None
 def test_block_types_are_checked_until_the_database_has_them(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from flows.embedded_server import blocks_registered
+    from lmwright.deployments.embedded_server import blocks_registered
 
     settings = SimpleNamespace(home=tmp_path, server=SimpleNamespace(memo_store_path=tmp_path / "memo_store.toml"))
     assert not blocks_registered(settings)  # a new PREFECT_HOME: Prefect registers them, as always

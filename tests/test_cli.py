@@ -19,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def lmwright(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_HOME": str(cwd / "prefect-home"), "PREFECT_API_URL": "", "PREFECT_LOGGING_LEVEL": "INFO"}
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "lmwright.deployments.cli", *args],
         cwd=Path(__file__).resolve().parents[1],
         env=env,
         capture_output=True,
@@ -59,7 +59,7 @@ def test_invalid_config_exits_2_naming_every_field(tmp_path: Path) -> None:
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    from flows.cli import main
+    from lmwright.deployments.cli import main
 
     assert main(list(args)) == 2
     captured = capsys.readouterr()
@@ -92,8 +92,8 @@ def test_a_flow_started_without_the_cli_names_an_unreachable_source_too() -> Non
     pytest.importorskip("aiohttp")
     import socket
 
-    from tasks.errors import UserError
-    from tasks.sources import SourceSpec, SourceUnavailable, list_source_files
+    from lmwright.tasks.core.errors import UserError
+    from lmwright.tasks.curate.sources import SourceSpec, SourceUnavailable, list_source_files
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +104,7 @@ def test_a_flow_started_without_the_cli_names_an_unreachable_source_too() -> Non
 
 
 def test_a_bad_set_value_is_blamed_on_the_set_item_not_the_preset(tmp_path: Path, capsys) -> None:
-    from flows.cli import main
+    from lmwright.deployments.cli import main
 
     assert main(["config", "--config", "tiny", "--set", "ingest.shard_docs=0"]) == 2
     assert capsys.readouterr().err.splitlines() == [  # a config error lists its fields, one line each
@@ -120,7 +120,7 @@ def test_a_bad_set_value_is_blamed_on_the_set_item_not_the_preset(tmp_path: Path
 
 
 def test_a_directory_named_like_a_preset_does_not_hide_it(tmp_path: Path, capsys, monkeypatch) -> None:
-    from flows.cli import main
+    from lmwright.deployments.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny").mkdir()
@@ -146,7 +146,7 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path: Path, capsys) -> None:
 def test_version_comes_from_the_package_metadata(capsys) -> None:
     from importlib.metadata import version
 
-    from flows.cli import main
+    from lmwright.deployments.cli import main
 
     with pytest.raises(SystemExit) as done:
         main(["--version"])
@@ -157,7 +157,7 @@ def test_version_comes_from_the_package_metadata(capsys) -> None:
 @pytest.mark.parametrize("command", ["curate", "tokenize", "pretrain", "finetune", "evaluate", "run", "serve",
                                      "generate", "status", "config"])
 def test_every_subcommand_help_has_a_description_and_an_example(command: str, capsys) -> None:
-    from flows.cli import main
+    from lmwright.deployments.cli import main
 
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -168,7 +168,7 @@ def test_every_subcommand_help_has_a_description_and_an_example(command: str, ca
 
 
 def test_training_budgets_go_to_the_stage_that_trains(capsys) -> None:
-    from flows.cli import main, parser, resolve_config
+    from lmwright.deployments.cli import main, parser, resolve_config
 
     finetune = resolve_config(parser().parse_args(["finetune", "--max-steps", "7", "--max-seconds", "30"]))
     assert finetune.finetune.train.max_steps == 7 and finetune.finetune.train.max_seconds == 30
@@ -181,8 +181,8 @@ def test_training_budgets_go_to_the_stage_that_trains(capsys) -> None:
 
 
 def test_config_list_names_every_set_key_with_its_default(capsys) -> None:
-    from flows.cli import main
-    from flows.config import PipelineConfig, load_config
+    from lmwright.deployments.cli import main
+    from lmwright.flows.config import PipelineConfig, load_config
 
     assert main(["config", "--list", "--config", "tiny"]) == 0
     rows = [re.split(r"\s{2,}", line, maxsplit=2) for line in capsys.readouterr().out.splitlines()]
@@ -199,8 +199,8 @@ def test_config_list_names_every_set_key_with_its_default(capsys) -> None:
 
 
 def test_config_show_prints_a_yaml_that_loads_back_to_the_same_config(tmp_path: Path, capsys) -> None:
-    from flows.cli import main
-    from flows.config import PipelineConfig, load_config
+    from lmwright.deployments.cli import main
+    from lmwright.flows.config import PipelineConfig, load_config
 
     sets = ["pretrain.max_steps=77", "langid.languages=[en, de]"]
     assert main(["config", "--show", "--config", "tiny", *[a for s in sets for a in ("--set", s)]]) == 0
@@ -213,8 +213,8 @@ def test_no_config_means_the_tiny_preset(capsys) -> None:
     """`lmwright run` with no --config trained the models' bare defaults and memorized the corpus."""
     import yaml
 
-    from flows.cli import main
-    from flows.config import PipelineConfig, load_config
+    from lmwright.deployments.cli import main
+    from lmwright.flows.config import PipelineConfig, load_config
 
     assert main(["config", "--show"]) == 0
     shown = PipelineConfig.model_validate(yaml.safe_load(capsys.readouterr().out))
@@ -224,7 +224,7 @@ def test_no_config_means_the_tiny_preset(capsys) -> None:
 
 def test_the_embedded_server_gets_time_to_start_on_a_busy_machine(monkeypatch, capsys) -> None:
     """Prefect waits 20 s for its embedded server; a busy 2-core machine missed that in three runs a week."""
-    from flows.cli import EMBEDDED_SERVER_STARTUP_SECONDS, main
+    from lmwright.deployments.cli import EMBEDDED_SERVER_STARTUP_SECONDS, main
 
     monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
     assert main(["config", "--show"]) == 0

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import ConfigError, CurateConfig, load_config
+from lmwright.flows.config import ConfigError, CurateConfig, load_config
 
 
 def test_presets_validate() -> None:
@@ -49,7 +49,7 @@ def test_every_config_section_rejects_unknown_fields() -> None:
     """A typo anywhere in a config must fail loudly, not be ignored."""
     from pydantic import BaseModel
 
-    from flows.config import PipelineConfig
+    from lmwright.flows.config import PipelineConfig
 
     def models(m: type[BaseModel], seen: set) -> None:
         if m in seen:
@@ -72,7 +72,7 @@ def test_form_schema_accepts_a_source_given_as_a_string() -> None:
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools.validation import validate
 
-    from flows.curate import curate
+    from lmwright.flows.curate import curate
 
     # the config's own schema (a YAML preset checked by an editor, an API client) says so too
     assert validate({"ingest": {"sources": ["/data/udhr"]}}, CurateConfig.model_json_schema()) == []
@@ -83,8 +83,8 @@ def test_form_schema_accepts_a_source_given_as_a_string() -> None:
 
 
 def test_partial_config_is_merged_over_the_preset(tmp_path: Path) -> None:
-    from flows.config import PipelineConfig
-    from flows.forms import PipelineForm, resolve_config
+    from lmwright.flows.config import PipelineConfig
+    from lmwright.flows.forms import PipelineForm, resolve_config
 
     tiny = load_config(PipelineConfig, "tiny")
     form = PipelineForm.model_validate({"quality": {"gopher_quality": {"min_doc_words": 20}}})
@@ -107,10 +107,10 @@ def test_partial_config_is_merged_over_the_preset(tmp_path: Path) -> None:
 
 
 def test_a_full_config_object_passes_through_the_form_unchanged() -> None:
-    from flows.config import PipelineConfig
-    from flows.curate import curate
-    from flows.forms import resolve_config
-    from flows.pipeline import pipeline
+    from lmwright.flows.config import PipelineConfig
+    from lmwright.flows.curate import curate
+    from lmwright.flows.forms import resolve_config
+    from lmwright.flows.pipeline import pipeline
 
     cfg = load_config(PipelineConfig, "tiny", ["quality.gopher_quality.min_doc_words=3"], workdir="/tmp/x")
     assert resolve_config(PipelineConfig, pipeline.validate_parameters({"config": cfg})["config"]) == cfg
@@ -120,7 +120,7 @@ def test_a_full_config_object_passes_through_the_form_unchanged() -> None:
 
 
 def test_form_errors_name_the_field_and_the_preset() -> None:
-    from flows.forms import CurateForm, resolve_config
+    from lmwright.flows.forms import CurateForm, resolve_config
 
     with pytest.raises(ConfigError, match=r"preset tiny .*\n.*langid.min_prob"):
         resolve_config(CurateConfig, {"langid": {"min_prob": 7}}, "tiny")
@@ -134,7 +134,7 @@ def test_run_forms_show_each_setting_once_and_no_schedule() -> None:
     """workdir and sources are parameters of their own; cron/timezone belong to the deployment's schedule."""
     from prefect.utilities.callables import parameter_schema
 
-    from flows.refresh import refresh
+    from lmwright.flows.refresh import refresh
 
     schema = parameter_schema(refresh).model_dump_for_openapi()
     defs = schema["definitions"]
@@ -149,7 +149,7 @@ def test_run_forms_show_each_setting_once_and_no_schedule() -> None:
 
 
 def test_form_puts_often_changed_fields_first_and_long_lists_last() -> None:
-    from flows.forms import CurateForm
+    from lmwright.flows.forms import CurateForm
 
     schema = CurateForm.model_json_schema()
     sections = list(schema["properties"])
@@ -160,8 +160,8 @@ def test_form_puts_often_changed_fields_first_and_long_lists_last() -> None:
 
 def test_a_mapping_value_replaces_the_presets_while_sections_merge(tmp_path: Path) -> None:
     """pretrain.model.overrides is a value (a mapping of GPT fields), not a section: a run's replaces the preset's."""
-    from flows.config import PipelineConfig
-    from flows.forms import resolve_config
+    from lmwright.flows.config import PipelineConfig
+    from lmwright.flows.forms import resolve_config
 
     preset = tmp_path / "wide.yaml"
     preset.write_text("pretrain:\n  lr: 0.002\n  model: {preset: tiny, overrides: {n_layer: 4}}\n")
@@ -170,9 +170,9 @@ def test_a_mapping_value_replaces_the_presets_while_sections_merge(tmp_path: Pat
 
 
 def test_flows_start_from_the_tiny_preset_like_the_cli() -> None:
-    from flows.config import PipelineConfig
-    from flows.forms import DEFAULT_PRESET, resolve_config
-    from flows.pipeline import pipeline
+    from lmwright.flows.config import PipelineConfig
+    from lmwright.flows.forms import DEFAULT_PRESET, resolve_config
+    from lmwright.flows.pipeline import pipeline
 
     params = pipeline.validate_parameters({"config": {"pretrain": {"max_steps": 7}}})
     cfg = resolve_config(PipelineConfig, params["config"], params["preset"])
@@ -181,9 +181,9 @@ def test_flows_start_from_the_tiny_preset_like_the_cli() -> None:
 
 
 def test_refresh_settings_of_a_run_merge_over_the_presets_refresh_section(tmp_path: Path) -> None:
-    from flows.config import PipelineConfig
-    from flows.forms import resolve_config, resolve_settings
-    from flows.refresh import refresh
+    from lmwright.flows.config import PipelineConfig
+    from lmwright.flows.forms import resolve_config, resolve_settings
+    from lmwright.flows.refresh import refresh
 
     preset = tmp_path / "nightly.yaml"
     preset.write_text("refresh:\n  replay_seed: 7\n  cron: '0 3 * * *'\n  timezone: Europe/Berlin\n")

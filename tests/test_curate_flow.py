@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tasks.stage as stage_module
+import lmwright.tasks.core.stage as stage_module
 
 import json
 import shutil
@@ -11,11 +11,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import flows.curate as curate_module
-from flows.config import CurateConfig, load_config
-from flows.curate import curate
-from tasks.dataset import DatasetRef, IncompleteDatasetError, read_manifest
-from tasks.stage import ShardStage
+import lmwright.flows.curate as curate_module
+from lmwright.flows.config import CurateConfig, load_config
+from lmwright.flows.curate import curate
+from lmwright.tasks.core.dataset import DatasetRef, IncompleteDatasetError, read_manifest
+from lmwright.tasks.core.stage import ShardStage
 from tests.prefect_states import by_stage, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -100,7 +100,7 @@ def test_failed_task_succeeds_on_retry_without_rerunning_upstream(
         return real.apply(docs, params)
 
     monkeypatch.setattr(curate_module, "QUALITY_STAGE", ShardStage(real.name, real.version, flaky))
-    # The task holds its delays (patching tasks.stage.RETRY_DELAYS would change nothing): no waiting here.
+    # The task holds its delays (patching tasks.core.stage.RETRY_DELAYS would change nothing): no waiting here.
     monkeypatch.setattr(stage_module.process_shard, "retry_delay_seconds", [0])
     result, states = run(config_for(workdir, corpus_dir, "quality.gopher_quality.min_doc_words=55"))
     stages = by_stage(states)
@@ -132,7 +132,7 @@ def test_directory_without_manifest_is_never_read(tmp_path: Path, corpus_dir: Pa
 
 
 def test_planted_violation_stops_the_flow_at_the_right_stage(tmp_path: Path, corpus_dir: Path) -> None:
-    from data_quality import DataQualityError
+    from lmwright.data_quality import DataQualityError
 
     leak = corpus_dir / "leak.txt"
     leak.write_text(
@@ -182,7 +182,7 @@ def test_links_that_cannot_be_read_and_invisible_characters_show_in_stats_and_ca
 
 
 def test_sources_without_documents_stop_with_one_clear_error(tmp_path: Path) -> None:
-    from tasks.card import EmptyCorpusError
+    from lmwright.tasks.curate.card import EmptyCorpusError
 
     src = tmp_path / "src"
     src.mkdir()

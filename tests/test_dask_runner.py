@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import CurateConfig, load_config
-from flows.curate import curate
-from flows.runners import build_task_runner
-from tasks.pii import IDENTIFIER_KEY_FILE
+from lmwright.flows.config import CurateConfig, load_config
+from lmwright.flows.curate import curate
+from lmwright.flows.runners import build_task_runner
+from lmwright.tasks.curate.pii import IDENTIFIER_KEY_FILE
 
 pytest.importorskip("prefect_dask")
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.e2e]

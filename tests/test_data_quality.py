@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from data_quality import DataQualityError, ValidationSettings, validate_shard, validate_stage
-from data_quality import patterns
-from tasks.dataset import ShardStats, write_parquet
+from lmwright.data_quality import DataQualityError, ValidationSettings, validate_shard, validate_stage
+from lmwright.data_quality import patterns
+from lmwright.tasks.core.dataset import ShardStats, write_parquet
 
 LANGID = SimpleNamespace(languages=["en", "de"], min_prob=0.8)
 NO_REJECTS = pl.DataFrame(schema={"id": pl.String, "reason": pl.String, "stage": pl.String})

@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.dataset import (
+from lmwright.tasks.core.dataset import (
     DatasetRef,
     IncompleteDatasetError,
     fingerprint,
@@ -14,7 +14,7 @@ from tasks.dataset import (
     write_manifest,
     write_shard,
 )
-from tasks.normalize import NormalizeParams
+from lmwright.tasks.curate.normalize import NormalizeParams
 
 
 def test_fingerprint_is_canonical_and_sensitive() -> None:

@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 from datasketch import MinHash
 
-from tasks.dataset import DatasetRef, DOC_SCHEMA, ShardStats, write_manifest, write_shard
-from tasks.dedup import (
+from lmwright.tasks.core.dataset import DatasetRef, DOC_SCHEMA, ShardStats, write_manifest, write_shard
+from lmwright.tasks.curate.dedup import (
     REASON_EXACT,
     REASON_NEAR,
     DedupApplyParams,
@@ -26,7 +26,7 @@ from tasks.dedup import (
 )
 from datasketch.hashfunc import sha1_hash32
 
-from tasks.minhash import datasketch_hashfunc, minhash_signatures, murmur3_32, normalize_expr, shingles, word_mix_hash32
+from lmwright.tasks.curate.minhash import datasketch_hashfunc, minhash_signatures, murmur3_32, normalize_expr, shingles, word_mix_hash32
 
 WEB = Path("web") / "cc_warc_2019_07_cclicensed_pages.jsonl"  # under ../shared/data (the shared_data fixture)
 
@@ -239,7 +239,7 @@ def make_source(workdir: Path, shards: list[list[str]]) -> "DatasetRef":
 def test_run_dedup_flow(tmp_path: Path, distinct: list[str], prefect_harness) -> None:
     from prefect import flow
 
-    from data_quality import ValidationSettings
+    from lmwright.data_quality import ValidationSettings
 
     originals = distinct[:12]
     near = edit_words(originals[1], 3, seed=5)

@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.dataset import write_parquet
-from tasks.dedup import (
+from lmwright.tasks.core.dataset import write_parquet
+from lmwright.tasks.curate.dedup import (
     REASON_EXACT,
     REASON_NEAR,
     DedupParams,
@@ -25,7 +25,7 @@ from tasks.dedup import (
     shingle_loader,
     signature_frame,
 )
-from tasks.minhash import band_hashes
+from lmwright.tasks.curate.minhash import band_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = Path("web") / "cc_warc_2019_07_cclicensed_pages.jsonl"  # under ../shared/data (the shared_data fixture)
@@ -156,8 +156,8 @@ def test_flow_with_dask_engine_same_dataset_and_fingerprint(tmp_path: Path, corp
     """find_clusters honours `engine`; where it runs is not part of the fingerprint, so the other engine is a cache hit."""
     from prefect import flow
 
-    from data_quality import ValidationSettings
-    from tasks.dedup import run_dedup
+    from lmwright.data_quality import ValidationSettings
+    from lmwright.tasks.curate.dedup import run_dedup
     from tests.test_dedup import make_source
 
     texts = [t for t in corpus if t.strip()][:120]
@@ -181,7 +181,7 @@ def test_flow_with_dask_engine_same_dataset_and_fingerprint(tmp_path: Path, corp
 CHILD = """
 import json, resource, sys
 import psutil
-from tasks.dedup import DedupParams, cluster_files, cluster_frame, file_heights, read_signatures
+from lmwright.tasks.curate.dedup import DedupParams, cluster_files, cluster_frame, file_heights, read_signatures
 paths, engine, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 params = DedupParams(verify="signature")
 before = psutil.Process().memory_info().rss

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from deployments.serve import deployment_parameters
+from lmwright.deployments.serve import deployment_parameters
 from tests.test_server_e2e import ROOT, prefect_server, stop, wait_until  # noqa: F401 (prefect_server: a fixture)
 
 NAMES = ("pipeline/pipeline", "curate/curate", "refresh/refresh")
@@ -76,8 +76,8 @@ def ui_validate(api: str, schema: dict[str, Any], values: dict[str, Any]) -> dic
 def test_both_routes_register_the_same_complete_forms(prefect_server: str, tmp_path: Path) -> None:  # noqa: F811
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from deployments.serve import build_deployments
-    from flows.config import PipelineConfig, load_config
+    from lmwright.deployments.serve import build_deployments
+    from lmwright.flows.config import PipelineConfig, load_config
 
     api = prefect_server
     # Route 1: what `lmwright serve --config tiny` registers (serve() applies these, then polls)
@@ -128,7 +128,7 @@ def served_tiny(prefect_server: str, tmp_path: Path) -> Iterator[dict[str, Any]]
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--config", "tiny", "--workdir", str(workdir),
+            [sys.executable, "-m", "lmwright.deployments.cli", "serve", "--config", "tiny", "--workdir", str(workdir),
              "--source", str(source), "--no-schedule"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -146,7 +146,7 @@ def served_tiny(prefect_server: str, tmp_path: Path) -> Iterator[dict[str, Any]]
 
 @pytest.mark.e2e
 def test_partial_config_run_keeps_the_deployments_preset_workdir_and_sources(served_tiny: dict[str, Any], tmp_path: Path) -> None:
-    from flows.config import CurateConfig, load_config
+    from lmwright.flows.config import CurateConfig, load_config
 
     # The README's trigger with only the change, as a form that changed one threshold sends it
     change = json.dumps({"quality": {"gopher_quality": {"min_doc_words": 5}}})

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from tasks.energy import (
+from lmwright.tasks.core.energy import (
     NIGHTLY_WINDOW,
     CarbonWindow,
     EnergyRecord,
@@ -220,7 +220,7 @@ def test_wait_for_window_runs_now_without_sleeping(monkeypatch: pytest.MonkeyPat
     def no_sleep(seconds: float) -> None:
         raise AssertionError(f"slept {seconds} s")
 
-    monkeypatch.setattr("tasks.energy.time.sleep", no_sleep)
+    monkeypatch.setattr("lmwright.tasks.core.energy.time.sleep", no_sleep)
     d = wait_for_window(NIGHTLY_WINDOW, now=at(2026, 11, 26, 23, 0))
     assert d.action == "run_now" and d.wait_s == 0
     d = wait_for_window(CarbonWindow(enabled=False), now=at(2026, 11, 26, 15, 0))

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.cli import main
-from models.checkpoint import save_checkpoint
-from models.export import export_hf
-from models.generate import Sampling, chat_prompt_ids, load_generator, stream
-from models.gpt import GPT, GPTConfig
-from tasks.bpe import SpecialTokens, load_tokenizer, train_bpe
-from tasks.modeling import CHAT_TEMPLATE
-from tasks.tokenize import encode_sft
+from lmwright.deployments.cli import main
+from lmwright.models.checkpoint import save_checkpoint
+from lmwright.models.export import export_hf
+from lmwright.models.generate import Sampling, chat_prompt_ids, load_generator, stream
+from lmwright.models.gpt import GPT, GPTConfig
+from lmwright.models.tokenizer import SpecialTokens, load_tokenizer, train_bpe
+from lmwright.models.tokenizer import CHAT_TEMPLATE
+from lmwright.tasks.train.tokenize import encode_sft
 
 TEXT = [
     "def read_file(path):\n    return open(path).read()\n",

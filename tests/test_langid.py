@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.langid import LANGID_STAGE, LangidParams, apply_langid, detect_batch, shutdown_pool
+from lmwright.tasks.curate.langid import LANGID_STAGE, LangidParams, apply_langid, detect_batch, shutdown_pool
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,4 +1,4 @@
-"""License detection, the use policy and the opt-out registry (tasks/license.py)."""
+"""License detection, the use policy and the opt-out registry (tasks/curate/license.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.dataset import fingerprint, split_decisions
-from tasks.license import (
+from lmwright.tasks.core.dataset import fingerprint, split_decisions
+from lmwright.tasks.curate.license import (
     LICENSE_STAGE,
     LicenseParams,
     apply_license,

@@ -1,4 +1,4 @@
-"""Diversity figures and the data mix (tasks/mixture.py)."""
+"""Diversity figures and the data mix (tasks/curate/mixture.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from tasks.mixture import (
+from lmwright.tasks.curate.mixture import (
     MixtureParams,
     diversity,
     effective_number,

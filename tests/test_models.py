@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import load_checkpoint, load_config, save_checkpoint
-from models.export import export_hf
-from models.gpt import GPT, PRESETS, GPTConfig, apply_lora, has_lora, merge_lora
+from lmwright.models.checkpoint import load_checkpoint, load_config, save_checkpoint
+from lmwright.models.export import export_hf
+from lmwright.models.gpt import GPT, PRESETS, GPTConfig, apply_lora, has_lora, merge_lora
 
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"]
 

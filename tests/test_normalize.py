@@ -4,7 +4,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.normalize import NormalizeParams, apply_normalize
+from lmwright.tasks.curate.normalize import NormalizeParams, apply_normalize
 
 
 def norm(texts: list[str], **params) -> list[tuple[str, str | None]]:
@@ -45,7 +45,7 @@ def test_gutenberg_header_and_footer_are_cut(shared_data: Path) -> None:
 
 
 def test_zero_width_and_bidi_controls_are_stripped_and_counted() -> None:
-    from tasks.normalize import count_normalize
+    from lmwright.tasks.curate.normalize import count_normalize
 
     texts = ["pay\u200bpal lo\u200cg\u200din", "admin\u202e\u2066 // check later \u2069\u202c ok", "plain"]
     assert norm(texts) == [("paypal login", None), ("admin // check later ok", None), ("plain", None)]

@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from data_quality import patterns
-from tasks.pii import PII_STAGE, PiiParams, apply_pii, iban_ok, luhn_ok
+from lmwright.data_quality import patterns
+from lmwright.tasks.curate.pii import PII_STAGE, PiiParams, apply_pii, iban_ok, luhn_ok
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -167,9 +167,9 @@ def test_local_phone_counts_once_beside_other_phones():
 
 # --- identifiers: PII in id, url and uri is hashed under the workdir's key -----------------
 
-from tasks.license import LicenseParams, resolve_optouts  # noqa: E402
-from tasks.pii import resolve_pii, scrub_identifier  # noqa: E402
-from tasks.withdraw import apply_withdraw, consent_params  # noqa: E402
+from lmwright.tasks.curate.license import LicenseParams, resolve_optouts  # noqa: E402
+from lmwright.tasks.curate.pii import resolve_pii  # noqa: E402
+from lmwright.tasks.refresh.withdraw import apply_withdraw, consent_params  # noqa: E402
 
 PLANTED = ["bob.smith@example.com", "alice@mail.example.org", "bob.smith%40example.com", "192.168.7.21", "+44 20 7946 0958"]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.config import PipelineConfig, load_config
-from flows.pipeline import pipeline
-from tasks.modeling import ModelRef
-from tasks.tokenize import TokenDatasetRef
+from lmwright.flows.config import PipelineConfig, load_config
+from lmwright.flows.pipeline import pipeline
+from lmwright.models.run import ModelRef
+from lmwright.tasks.train.tokenize import TokenDatasetRef
 from tests.prefect_states import all_task_states, by_stage
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

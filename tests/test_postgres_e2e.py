@@ -64,7 +64,7 @@ def test_flow_runs_through_a_prefect_server_backed_by_postgres(postgres: str, tm
         wait_until(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server")
         src = shared_data / "web" / "c4_en_sample_olmo.jsonl"
         done = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "curate", "--source", str(src), "--workdir", str(tmp_path / "w"),
+            [sys.executable, "-m", "lmwright.deployments.cli", "curate", "--source", str(src), "--workdir", str(tmp_path / "w"),
              "--set", "quality.gopher_quality.min_doc_words=20"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from tasks.progress import LINE_SECONDS, LiveProgress, _RoutineStateLines, format_seconds
+from lmwright.tasks.core.progress import LINE_SECONDS, LiveProgress, _RoutineStateLines, format_seconds
 
 
 class Clock:
@@ -72,7 +72,7 @@ def test_the_filter_sits_on_prefects_console_handler() -> None:
     """Prefect's console handler is on the root logger (run loggers propagate to it): a filter elsewhere filters nothing."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    from tasks.progress import quiet_routine_task_lines
+    from lmwright.tasks.core.progress import quiet_routine_task_lines
 
     quiet_routine_task_lines()
     consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]

@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from tasks.quality import QUALITY_STAGE, QualityParams, apply_quality
+from lmwright.tasks.curate.quality import QUALITY_STAGE, QualityParams, apply_quality
 
 # A clean paragraph that passes every rule (6 sentences, stop words, no repetition).
 CLEAN = (

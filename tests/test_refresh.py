@@ -8,12 +8,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import tasks.refresh as refresh_tasks
-from flows.config import PipelineConfig, load_config
-from flows.refresh import RefreshResult, refresh
-from tasks.dataset import DatasetRef
-from tasks.dedup import DedupParams
-from tasks.refresh import (
+import lmwright.tasks.refresh.versions as refresh_tasks
+from lmwright.flows.config import PipelineConfig, load_config
+from lmwright.flows.refresh import RefreshResult, refresh
+from lmwright.tasks.core.dataset import DatasetRef
+from lmwright.tasks.curate.dedup import DedupParams
+from lmwright.tasks.refresh.versions import (
     EXACT_BAND,
     REASON_ID,
     REASON_PREVIOUS,

@@ -13,8 +13,8 @@ from typing import Iterator
 import fsspec
 import pytest
 
-from tasks.ingest import source_fingerprints
-from tasks.sources import Record, SourceSpec, list_source_files, read_records
+from lmwright.tasks.curate.ingest import source_fingerprints
+from lmwright.tasks.curate.sources import Record, SourceSpec, list_source_files, read_records
 
 MAX = 1 << 20
 

@@ -15,12 +15,12 @@ from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.serializers import PickleSerializer
 from prefect.settings import get_current_settings
 
-from flows.curate import CuratedCorpus
-from flows.pipeline import PipelineResult
-from flows.train import Evaluation, TrainedModels
-from tasks.dataset import DatasetRef, ShardStats, write_json
-from tasks.modeling import ModelRef
-from tasks.results import (
+from lmwright.flows.curate import CuratedCorpus
+from lmwright.flows.pipeline import PipelineResult
+from lmwright.flows.train import Evaluation, TrainedModels
+from lmwright.tasks.core.dataset import DatasetRef, ShardStats, write_json
+from lmwright.models.run import ModelRef
+from lmwright.tasks.core.results import (
     PERSISTED_RESULTS,
     RESULT_SERIALIZER,
     SERIALIZER_TYPE,
@@ -28,8 +28,8 @@ from tasks.results import (
     UnsafeResultError,
     check_record,
 )
-from tasks.stage import StageWork, stage_task
-from tasks.tokenize import TokenDatasetRef
+from lmwright.tasks.core.stage import StageWork, stage_task
+from lmwright.tasks.train.tokenize import TokenDatasetRef
 from tests.prefect_states import task_states
 
 REF = DatasetRef(stage="quality", fingerprint="f" * 20, path="/w/datasets/quality/fff")
@@ -68,7 +68,7 @@ def test_a_persisted_failure_comes_back_as_text_not_as_its_class():
 
 @pytest.mark.parametrize(
     "name",
-    ["os:system", "subprocess:Popen", "builtins:eval", "tasks.stage:run_shard_stage", "tasks.nonexistent:Thing", "antigravity:x"],
+    ["os:system", "subprocess:Popen", "builtins:eval", "lmwright.tasks.core.stage:run_shard_stage", "lmwright.tasks.nonexistent:Thing", "antigravity:x"],
 )
 def test_a_result_naming_a_foreign_type_is_refused_without_importing_it(name):
     blob = json.dumps({"__type__": name, "fields": {"args": ["true"]}}).encode()
@@ -162,10 +162,10 @@ def test_a_planted_record_is_refused_and_the_task_runs_again(prefect_harness, tm
 
 
 def test_every_flow_persists_its_result_as_typed_json():
-    from flows.curate import curate
-    from flows.pipeline import pipeline
-    from flows.refresh import refresh
-    from flows.train import evaluate_flow, train_flow
+    from lmwright.flows.curate import curate
+    from lmwright.flows.pipeline import pipeline
+    from lmwright.flows.refresh import refresh
+    from lmwright.flows.train import evaluate_flow, train_flow
 
     for f in (curate, pipeline, train_flow, evaluate_flow, refresh):
         assert f.persist_result and f.result_serializer is RESULT_SERIALIZER, f.name
@@ -180,6 +180,6 @@ def test_a_flow_result_on_disk_is_typed_json_and_reads_back_as_its_type(prefect_
     state = corpus_flow(str(tmp_path), return_state=True)
     assert state.data.metadata.serializer == RESULT_SERIALIZER  # what the API records for readers
     blob = Path(state.data.metadata.storage_key).read_bytes()  # a flow's file holds the result alone
-    assert json.loads(blob)["__type__"] == "flows.curate:CuratedCorpus"
+    assert json.loads(blob)["__type__"] == "lmwright.flows.curate:CuratedCorpus"
     back = RESULT_SERIALIZER.loads(blob)
     assert type(back) is CuratedCorpus and back == state.result()

@@ -9,20 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.config import CurateConfig, load_config
-from flows.curate import curate
-from tasks.dataset import DatasetRef, ShardStats, write_manifest, write_shard
-from tasks.pii import PiiParams, resolve_pii
-from tasks.retention import (
-    RejectedSettings,
-    RetentionSettings,
-    TextDroppedError,
-    forget_text_dropped,
-    redact_rejected,
-    require_text,
-    retain,
-    text_dropped,
-)
+from lmwright.flows.config import CurateConfig, load_config
+from lmwright.flows.curate import curate
+from lmwright.tasks.core.dataset import DatasetRef, write_manifest, write_shard
+from lmwright.tasks.curate.pii import PiiParams, resolve_pii
+from lmwright.tasks.core.dataset import TextDroppedError, forget_text_dropped, require_text, text_dropped
+from lmwright.tasks.curate.retention import RejectedSettings, RetentionSettings, redact_rejected, retain
 from tests.prefect_states import by_stage, task_states
 
 MAIL, OTHER_MAIL, PHONE = "jane.roe@example.com", "max.muster@example.de", "0171 234567"

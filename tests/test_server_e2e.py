@@ -72,7 +72,7 @@ def served(prefect_server: str, tmp_path_factory: pytest.TempPathFactory, shared
            "PREFECT_HOME": str(work / "client-home")}
     log = open(work / "serve.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--config", "tiny", "--workdir", str(work / "w"), "--no-schedule"],
+        [sys.executable, "-m", "lmwright.deployments.cli", "serve", "--config", "tiny", "--workdir", str(work / "w"), "--no-schedule"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -140,7 +140,7 @@ def test_refresh_runs_one_at_a_time_then_only_new_files(served: dict, shared_dat
     paras = paragraphs(shared_data / "gutenberg" / "pg1342_pride_and_prejudice.txt")
     write_paragraphs(src / "part1.txt", paras[:120])
     workdir = tmp_path / "w"
-    from flows.forms import SCHEDULE_FIELDS, RefreshForm, run_parameters
+    from lmwright.flows.forms import SCHEDULE_FIELDS, RefreshForm, run_parameters
 
     # A whole config through the API: workdir and sources as their own parameters, no schedule in a run's settings
     params = {**run_parameters(refresh_config(workdir, src), RefreshForm),

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.sources import Record, Rejected, SourceSpec, list_source_files, read_records
+from lmwright.tasks.curate.sources import Record, Rejected, SourceSpec, list_source_files, read_records
 
 MAX = 1 << 20
 
@@ -163,7 +163,7 @@ def test_symlink_loop_and_dangling_link_are_skipped_with_reasons(tmp_path: Path)
 
 LIST_AS_UNPRIVILEGED = """
 import json, sys
-from tasks.sources import SourceSpec, list_source_files
+from lmwright.tasks.curate.sources import SourceSpec, list_source_files
 files, skipped = list_source_files(SourceSpec(path=sys.argv[1]))
 print(json.dumps({"files": [f.relpath for f in files], "skipped": skipped}))
 """
@@ -313,7 +313,7 @@ def test_csv_malformed_rows_are_rejected_with_their_line_numbers(tmp_path: Path)
 def test_builtin_pydocs_does_not_change_when_a_package_is_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default corpus is the standard library's docstrings: installing a package changes
     neither its files nor its fingerprint (the cache key). The packages' corpus is opt-in."""
-    from tasks.ingest import source_fingerprints
+    from lmwright.tasks.curate.ingest import source_fingerprints
 
     def snapshot(path: str) -> tuple[list[str], list[str]]:
         files, _ = list_source_files(SourceSpec(path=path))

@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 from prefect import flow
 
-from data_quality import ValidationSettings
-from flows.cli import main
-from tasks.dataset import DOC_SCHEMA, DatasetRef, write_manifest, write_shard
-from tasks.files import point_latest, read_latest
-from tasks.normalize import NORMALIZE_STAGE, NormalizeParams
-from tasks.stage import run_shard_stage
+from lmwright.data_quality import ValidationSettings
+from lmwright.deployments.cli import main
+from lmwright.tasks.core.dataset import DOC_SCHEMA, DatasetRef, write_manifest, write_shard
+from lmwright.tasks.core.files import point_latest, read_latest
+from lmwright.tasks.curate.normalize import NORMALIZE_STAGE, NormalizeParams
+from lmwright.tasks.core.stage import run_shard_stage
 
 
 def ingested(root: Path, texts: list[str]) -> DatasetRef:

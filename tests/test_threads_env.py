@@ -58,7 +58,7 @@ def test_flow_module_a_deployment_loads_starts_openmp_passive(choice: str | None
 @pytest.mark.e2e
 def test_cli_and_torchrun_ranks_start_openmp_passive(tmp_path: Path, shared_data: Path) -> None:
     script = Path(sys.executable).with_name("lmwright")
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "flows.cli"]
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "lmwright.deployments.cli"]
     # A generous server start-up: this test is about threads, and runs while the machine is busy.
     env = user_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL="",
                    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
@@ -79,7 +79,7 @@ def test_cli_and_torchrun_ranks_start_openmp_passive(tmp_path: Path, shared_data
 
 
 def test_langid_pool_workers_start_passive(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks import langid
+    from lmwright.tasks.curate import langid
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     langid.shutdown_pool()  # a fresh pool, started from this environment
@@ -94,8 +94,8 @@ def test_langid_pool_workers_start_passive(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.usefixtures("prefect_harness")
 def test_dask_workers_start_passive(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("prefect_dask")
-    from flows.config import RunnerSettings
-    from flows.runners import build_task_runner
+    from lmwright.flows.config import RunnerSettings
+    from lmwright.flows.runners import build_task_runner
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # so only the runner can give it to the workers
 

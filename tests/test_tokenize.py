@@ -13,9 +13,9 @@ import pytest
 from tests.prefect_states import task_states
 from prefect import flow
 
-from data_quality import DataQualityError, ValidationSettings
-from tasks.dataset import DOC_SCHEMA, DatasetRef, write_manifest, write_shard
-from tasks.tokenize import (
+from lmwright.data_quality import DataQualityError, ValidationSettings
+from lmwright.tasks.core.dataset import DOC_SCHEMA, DatasetRef, write_manifest, write_shard
+from lmwright.tasks.train.tokenize import (
     SpecialTokens,
     TokenDatasetRef,
     TokenizeParams,
@@ -224,7 +224,7 @@ def test_max_docs_and_no_validation_split(tmp_path: Path, corpus: DatasetRef) ->
     assert set(ref.docs()["id"]) == {f"doc-{i:04d}" for i in range(150)}
 
 
-# -- the data mix (tasks.mixture) ------------------------------------------------------------
+# -- the data mix (tasks.curate.mixture) ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def split_copies(ref: TokenDatasetRef, split: str) -> list[np.ndarray]:
 
 
 def test_mixture_weights_give_the_promised_tokens(tmp_path: Path, two_sources: DatasetRef) -> None:
-    from tasks.mixture import MixtureParams, expected_tokens
+    from lmwright.tasks.curate.mixture import MixtureParams, expected_tokens
 
     mix = {"source_weights": {"A": 2.0, "B": 0.5}}
     ref, states = run(tmp_path / "work", two_sources, TokenizeParams.model_validate({**PARAMS, "mixture": mix}))

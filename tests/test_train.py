@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.train import Batches, ModelSpec, TrainParams, batch_at, lr_at, train
+from lmwright.tasks.train.loop import Batches, ModelSpec, TrainParams, batch_at, lr_at, train
 
 TINY = ModelSpec(preset="tiny", overrides={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.1})
 VOCAB = 64
@@ -83,7 +83,7 @@ import sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from tests.test_train import BATCHES, VOCAB, params
-from tasks.train import train
+from lmwright.tasks.train.loop import train
 train(Path({out!r}), BATCHES, params(max_steps={steps}), VOCAB)
 """
 
@@ -121,7 +121,7 @@ def test_killed_training_resumes_to_identical_weights(tmp_path: Path) -> None:
 
 def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     """torchrun, 2 CPU ranks with gloo, batch 4 each == 1 process with 2 micro-batches of 4."""
-    from tasks.dataset import write_json
+    from lmwright.tasks.core.dataset import write_json
 
     data = {"kind": "tokens", "train": str(tmp_path / "train.bin"), "val": str(tmp_path / "val.bin"), "dtype": "uint16"}
     BATCHES.train.tofile(data["train"])
@@ -135,7 +135,7 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "tasks.train_worker", str(tmp_path / "spec.json")],
+         "-m", "lmwright.tasks.train.worker", str(tmp_path / "spec.json")],
         cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -168,7 +168,7 @@ def test_a_slow_machine_trains_the_same_weights(tmp_path: Path, monkeypatch: pyt
         calls["n"] += 1
         return 0.0 if calls["n"] == 1 else 90.0 + calls["n"] * 1e-3
 
-    monkeypatch.setattr("tasks.train.time.perf_counter", slow_clock)
+    monkeypatch.setattr("lmwright.tasks.train.loop.time.perf_counter", slow_clock)
     result = train(tmp_path / "slow", BATCHES, p, VOCAB)
     assert result.stopped == "max_steps" and result.steps == 30
     quiet_w = load_file(str(tmp_path / "quiet" / "checkpoints" / "best" / "model.safetensors"))
@@ -239,7 +239,7 @@ def test_max_epochs_caps_the_steps(tmp_path: Path) -> None:
 
 
 def test_too_few_validation_tokens_is_one_clear_error(tmp_path: Path) -> None:
-    from tasks.errors import TrainingDataError
+    from lmwright.tasks.core.errors import TrainingDataError
 
     with pytest.raises(TrainingDataError, match="the val split has 0 tokens; training needs at least 34"):
         train(tmp_path, Batches(train=toy_tokens(20_000, 0), val=toy_tokens(0, 1)), params(), VOCAB)

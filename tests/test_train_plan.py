@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.gpt import GPT, GPTConfig
-from tasks.train import TrainParams, step_budget
-from tasks.train_plan import measure_step_seconds, plan_training
+from lmwright.models.gpt import GPT, GPTConfig
+from lmwright.tasks.train.loop import TrainParams, step_budget
+from lmwright.tasks.train.plan import measure_step_seconds, plan_training
 
 CFG = GPTConfig.preset("tiny", vocab_size=4096)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.refresh import refresh
-from tasks.dataset import DatasetRef
-from tasks.license import LicenseParams, content_hash, resolve_optouts
-from tasks.refresh import read_latest, version_parts
-from tasks.withdraw import apply_withdraw, consent_params, models_containing, read_record, render_withdrawals_markdown
+from lmwright.flows.refresh import refresh
+from lmwright.tasks.core.dataset import DatasetRef
+from lmwright.tasks.curate.license import LicenseParams, content_hash, resolve_optouts
+from lmwright.tasks.refresh.versions import read_latest, version_parts
+from lmwright.tasks.refresh.withdraw import apply_withdraw, consent_params, models_containing, read_record, render_withdrawals_markdown
 from tests.test_refresh import SETTINGS, paragraphs, refresh_config, write_paragraphs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

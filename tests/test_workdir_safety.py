@@ -20,9 +20,9 @@ from typing import Iterator
 import polars as pl
 import pytest
 
-from tasks.files import DiskError, atomic_path, disk_errno, disk_problem
-from tasks.dataset import write_parquet
-from tasks.stage import is_not_data_quality_error
+from lmwright.tasks.core.files import DiskError, atomic_path, disk_errno, disk_problem
+from lmwright.tasks.core.dataset import write_parquet
+from lmwright.tasks.core.stage import is_not_data_quality_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def lmwright_cmd(*args: str, home: Path) -> tuple[list[str], dict[str, str]]:
 
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": PREFECT_API_URL.value() or "",
            "PREFECT_LOGGING_LEVEL": "INFO"}
-    return [sys.executable, "-m", "flows.cli", *args], env
+    return [sys.executable, "-m", "lmwright.deployments.cli", *args], env
 
 
 def lmwright(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -121,9 +121,9 @@ def test_retry_condition_gives_up_on_a_full_or_read_only_disk() -> None:
 
 
 def test_every_stage_and_training_task_uses_that_retry_condition() -> None:
-    from tasks.dedup import compute_signatures, find_clusters
-    from tasks.modeling import evaluate_model, export_model, finetune_model, pretrain_model
-    from tasks.stage import finalize_stage, process_shard
+    from lmwright.tasks.curate.dedup import compute_signatures, find_clusters
+    from lmwright.tasks.train.modeling import evaluate_model, export_model, finetune_model, pretrain_model
+    from lmwright.tasks.core.stage import finalize_stage, process_shard
 
     for t in (process_shard, finalize_stage, compute_signatures, find_clusters, pretrain_model, finetune_model,
               evaluate_model, export_model):
@@ -172,8 +172,8 @@ def test_a_full_disk_is_one_line_without_retries_or_temp_files(prefect_harness, 
 
 
 def test_a_cached_curate_succeeds_on_a_read_only_workdir(prefect_harness, small_disk: Path, tmp_path: Path) -> None:
-    from flows.config import CurateConfig, load_config
-    from flows.curate import curate
+    from lmwright.flows.config import CurateConfig, load_config
+    from lmwright.flows.curate import curate
     from tests.prefect_states import task_states
 
     src = write_corpus(tmp_path / "corpus.jsonl", english_docs(40))
@@ -195,7 +195,7 @@ def test_a_repeated_promotion_decision_writes_nothing(prefect_harness, small_dis
     """A cached `lmwright run` ends by promoting the same export again: on a read-only workdir too."""
     from prefect import flow
 
-    from flows.train import promote
+    from lmwright.flows.train import promote
 
     workdir = small_disk / "w"
     workdir.mkdir()
@@ -272,7 +272,7 @@ def test_two_curates_on_one_workdir_agree_without_retries(prefect_harness, tmp_p
     stats = json.loads((corpora[0] / "stats.json").read_text())
     assert manifest["rows"] > 0 and stats["rejected_by_reason"].get("dedup_exact", 0) >= 10  # the repeated 10
     for shard in manifest["shards"]:
-        from tasks.dataset import file_sha256
+        from lmwright.tasks.core.dataset import file_sha256
 
         assert file_sha256(corpora[0] / shard["path"]) == shard["sha256"]
     assert temp_files(workdir) == []

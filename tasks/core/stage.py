@@ -1,0 +1,283 @@
+"""The stage contract as Prefect tasks: cached by output fingerprint, retryable, validated.
+
+A shard-wise stage is a ``ShardStage``: a name, a code version and a pure function
+``apply(docs, params) -> docs`` that adds signal columns and a ``reason`` column
+(null keeps the document; a namespaced string such as ``gopher_short_doc`` drops it).
+The function never counts, writes or logs drops: ``process_shard`` does, for every
+stage alike, and ``finalize_stage`` validates and writes the manifest last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import polars as pl
+from prefect import get_run_logger, task, unmapped
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.futures import as_completed
+
+from lmwright.data_quality import DataQualityError, ValidationSettings, validate_shard, validate_stage
+from lmwright.tasks.core.energy import EnergySettings, track
+from lmwright.tasks.core.errors import UserError
+from lmwright.tasks.core.files import disk_errno, point_latest
+from lmwright.tasks.core.results import PERSISTED_RESULTS, RecordLocks, refuse_foreign_record
+from lmwright.tasks.core.progress import LiveProgress
+from lmwright.tasks.core.dataset import (
+    DatasetRef,
+    ShardStats,
+    finalize_dataset,
+    fingerprint,
+    is_complete,
+    read_shard_stats,
+    require_text,
+    shard_name,
+    split_decisions,
+    text_bytes,
+    write_manifest,
+    write_shard,
+)
+
+RETRY_DELAYS = [1, 5, 15]
+
+
+@dataclass(frozen=True)
+class ShardStage:
+    """A stage that decides keep/drop per document, one shard at a time."""
+
+    name: str
+    version: str
+    apply: Callable[[pl.DataFrame, Any], pl.DataFrame]
+    # Counts of what the stage changes without dropping (e.g. characters stripped), summed into stats.json.
+    count: Callable[[pl.DataFrame, Any], dict[str, int]] | None = None
+
+
+@dataclass(frozen=True)
+class StageWork:
+    """What one task run produces: a stage's output (``unit=None``) or one unit of it."""
+
+    stage: str
+    fingerprint: str
+    out_dir: str
+    unit: str | None = None
+
+    @property
+    def cache_key(self) -> str:
+        # The output directory is part of the key: the same stage in two workdirs is two outputs.
+        where = hashlib.sha1(str(Path(self.out_dir).resolve()).encode()).hexdigest()[:10]
+        return f"{self.stage}-{self.fingerprint}-{self.unit or 'manifest'}-{where}"
+
+    @property
+    def marker(self) -> Path:
+        """The file whose existence means this work is done (written last by it)."""
+        out = Path(self.out_dir)
+        if self.unit is None:
+            return out / "manifest.json"
+        return out / "stats" / f"{self.unit}.json"
+
+    def done(self) -> bool:
+        return self.marker.is_file()
+
+    def for_unit(self, unit: str) -> "StageWork":
+        return StageWork(self.stage, self.fingerprint, self.out_dir, unit)
+
+
+def plan_stage(
+    workdir: str | Path, stage: str, version: str, params: Any, inputs: Sequence[str], area: str = "datasets"
+) -> StageWork:
+    """Compute a stage's output fingerprint and its directory ``<workdir>/<area>/<stage>/<fp>``."""
+    fp = fingerprint(stage, version, params, inputs)
+    out = Path(workdir) / area / stage / fp
+    if not is_complete(out):
+        # Shard outputs with their stats marker survive: a rerun resumes after them.
+        out.mkdir(parents=True, exist_ok=True)
+    return StageWork(stage=stage, fingerprint=fp, out_dir=str(out))
+
+
+@dataclass
+class StageOutputCache(CachePolicy):
+    """Cache key = the work's output fingerprint; a hit counts only while its output exists.
+
+    Tasks using it take their ``StageWork`` as the parameter named ``work``.
+    When the output is gone (deleted, or never finished), any stale record under the
+    key is expired so the task runs again instead of returning a path to nothing.
+    """
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        work: StageWork = inputs["work"]
+        key = work.cache_key
+        if not work.done():
+            expire_record(task_ctx.result_store, key)
+        else:  # a record Prefect would unpickle (a planted file) is deleted before it is looked up
+            refuse_foreign_record(task_ctx.result_store, key)
+        return key
+
+
+def expire_record(store: Any, key: str) -> None:
+    for storage in (getattr(store, "metadata_storage", None), getattr(store, "result_storage", None)):
+        resolve = getattr(storage, "_resolve_path", None)
+        if resolve is None:
+            continue
+        path = resolve(key)
+        fs = getattr(storage, "filesystem", None)
+        if fs is not None:  # a RemoteFileSystem block (fsspec)
+            if fs.exists(str(path)):
+                fs.rm(str(path))
+        else:
+            Path(path).unlink(missing_ok=True)
+
+
+# SERIALIZABLE: two runs on one workdir take turns per output unit; the second reads the first's from the cache.
+STAGE_CACHE = StageOutputCache(isolation_level="SERIALIZABLE", lock_manager=RecordLocks())
+
+
+def is_not_data_quality_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures; a failed expectation, or a full or read-only disk, fails the same way every time."""
+    try:
+        state.result()
+    except (DataQualityError, UserError):
+        return False
+    except Exception as exc:
+        return disk_errno(exc) is None
+    return True
+
+
+stage_task = task(
+    cache_policy=STAGE_CACHE,
+    retries=3,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=is_not_data_quality_error,
+    persist_result=True,
+    **PERSISTED_RESULTS,  # typed JSON, never a pickle: a cache hit runs no code from the record
+)
+
+
+@stage_task(task_run_name="{work.stage}-{work.unit}")
+def process_shard(
+    work: StageWork,
+    stage: ShardStage,
+    input_part: str,
+    params: Any,
+    validation: ValidationSettings,
+    energy: EnergySettings | None = None,
+) -> ShardStats:
+    """Run one stage on one shard: decide, split, validate, write kept + rejected + stats."""
+    if (done := read_shard_stats(Path(work.out_dir), work.unit)) is not None:
+        return done
+    start = time.perf_counter()
+    with track(stage.name, energy) as used:
+        docs = pl.read_parquet(input_part)
+        decided = stage.apply(docs, params)
+        kept, rejected = split_decisions(decided, stage.name)
+        validate_shard(stage.name, kept, rejected, params, validation, shard=work.unit)
+        counts = stage.count(docs, params) if stage.count else None
+    return write_shard(
+        Path(work.out_dir),
+        work.unit,
+        stage.name,
+        docs_in=docs.height,
+        bytes_in=text_bytes(docs),
+        kept=kept,
+        rejected=rejected,
+        seconds=time.perf_counter() - start,
+        energy=used.to_json(),
+        counts=counts,
+    )
+
+
+@stage_task(task_run_name="{work.stage}-finalize")
+def finalize_stage(
+    work: StageWork,
+    version: str,
+    params: Any,
+    inputs: list[DatasetRef],
+    shards: list[ShardStats],
+    validation: ValidationSettings,
+    extra_stats: dict[str, Any] | None = None,
+) -> DatasetRef:
+    """Check the stage as a whole (accounting, unique ids), write stats.json, then the manifest."""
+    out = Path(work.out_dir)
+    if work.done():
+        return DatasetRef(work.stage, work.fingerprint, str(out))
+    validate_stage(work.stage, out, shards, params, validation)
+    stats = finalize_dataset(out, work.stage, work.fingerprint, shards, extra_stats)
+    ref = write_manifest(out, work.stage, work.fingerprint, params, version, inputs, shards)
+    point_latest(out, work.stage)
+    get_run_logger().info(
+        "%s: %d in, %d kept, %d rejected %s",
+        work.stage,
+        stats["in"],
+        stats["kept"],
+        stats["rejected"],
+        stats["rejected_by_reason"] or "",
+    )
+    return ref
+
+
+def run_shard_stage(
+    workdir: str | Path,
+    stage: ShardStage,
+    source: DatasetRef,
+    params: Any,
+    validation: ValidationSettings,
+    energy: EnergySettings | None = None,
+) -> DatasetRef:
+    """Map ``stage`` over the shards of ``source`` and finalize: the flow-side half of a stage."""
+    work = plan_stage(workdir, stage.name, stage.version, params, [source.fingerprint])
+    if work.done():  # the whole stage is there: one cache hit instead of one per shard
+        return finalize_stage(work, stage.version, params, [source], [], validation)
+
+    require_text(source)  # an earlier run's retention may have dropped its text
+    shard_stats = map_shards(work, stage, source, params, validation, energy)
+    return finalize_stage(work, stage.version, params, [source], shard_stats, validation)
+
+
+def map_shards(
+    work: StageWork,
+    stage: ShardStage,
+    source: DatasetRef,
+    params: Any,
+    validation: ValidationSettings,
+    energy: EnergySettings | None = None,
+) -> list[ShardStats]:
+    """Run ``stage`` on every shard of ``source`` as mapped tasks; the task runner decides where."""
+    parts = source.parts()
+    futures = process_shard.map(
+        [work.for_unit(shard_name(p)) for p in parts],
+        stage=unmapped(stage),
+        input_part=[str(p) for p in parts],
+        params=unmapped(params),
+        validation=unmapped(validation),
+        energy=unmapped(energy),
+    )
+    live = LiveProgress(work.stage, len(parts), unit="shards", artifact_key=f"{work.stage}-progress")
+    docs = 0
+    for done, future in enumerate(as_completed(futures), start=1):  # a live line, not a log line per shard
+        stats = future.result()
+        docs += stats.docs_in
+        live.update(done, docs=docs)
+    live.finish(len(parts), docs=docs)
+    return [f.result() for f in futures]
+
+
+__all__ = [
+    "ShardStage",
+    "StageWork",
+    "StageOutputCache",
+    "process_shard",
+    "finalize_stage",
+    "run_shard_stage",
+    "map_shards",
+    "plan_stage",
+    "stage_task",
+]

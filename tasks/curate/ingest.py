@@ -1,0 +1,211 @@
+"""ingest: sources -> documents with stable ids and provenance, shard by shard.
+
+Each source file is one unit of work (a mapped Prefect task). A unit streams its
+records into bounded shards ``part-<unit>-<k>``; bad input becomes rejected records
+whose ``uri`` names the file and line, so nothing is lost without a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Literal
+
+import polars as pl
+from prefect import get_run_logger, unmapped
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lmwright.data_quality import ValidationSettings, validate_shard
+from lmwright.tasks.core.energy import EnergySettings, track
+from lmwright.tasks.curate.license import normalize_license
+from lmwright.tasks.core.dataset import DOC_SCHEMA, DatasetRef, ShardStats, text_bytes, write_json, write_shard
+from lmwright.tasks.curate.sources import (
+    BUILTINS,
+    Record,
+    Rejected,
+    SourceFile,
+    SourceInput,
+    SourceSpec,
+    list_source_files,
+    pydocs_fingerprint_input,
+    read_records,
+)
+from lmwright.tasks.core.stage import StageWork, finalize_stage, plan_stage, stage_task
+
+VERSION = "1"
+
+
+class IngestParams(BaseModel):
+    """Where documents come from and how files become documents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[SourceInput] = Field(
+        default_factory=lambda: [SourceSpec(path="builtin:pydocs")],
+        description="Inputs: paths, directories, fsspec URLs or builtin:pydocs (a string is a path).",
+    )
+    text_split: Literal["file", "paragraph"] = Field(
+        "file", description="For .txt/.md files: one document per file, or one per blank-line-separated paragraph."
+    )
+    max_doc_bytes: int = Field(
+        16 << 20, gt=0, description="Documents larger than this are rejected (ingest_doc_too_large), never loaded whole."
+    )
+    shard_docs: int = Field(20_000, gt=0, description="At most this many documents per output shard.")
+    shard_bytes: int = Field(128 << 20, gt=0, description="At most about this many text bytes per output shard.")
+
+    @field_validator("sources")
+    @classmethod
+    def _at_least_one(cls, v: list[SourceSpec]) -> list[SourceSpec]:
+        if not v:
+            raise ValueError("give at least one source")
+        return v
+
+
+REJECTED_SCHEMA = {**DOC_SCHEMA, "reason": pl.String(), "detail": pl.String(), "stage": pl.String()}
+
+
+def doc_id(source: str, relpath: str, position: str) -> str:
+    """Stable id from source and position: the same file and line give the same id on every run."""
+    return hashlib.sha1(f"{source}\x00{relpath}\x00{position}".encode()).hexdigest()[:20]
+
+
+def source_fingerprints(files: list[SourceFile]) -> list[str]:
+    """What ingest's output depends on: every file's path, size and mtime (like make)."""
+    entries = []
+    builtin_inputs: dict[str, str] = {}  # one look at the installed distributions per builtin source, not per unit
+    for f in files:
+        if f.source.path in BUILTINS:
+            if f.source.path not in builtin_inputs:
+                builtin_inputs[f.source.path] = pydocs_fingerprint_input(f.source.path)
+            entries.append(f"{f.source.model_dump_json()}|{f.path}|{builtin_inputs[f.source.path]}")
+        else:
+            entries.append(f"{f.source.model_dump_json()}|{f.path}|{f.size}|{f.mtime}")
+    return [hashlib.sha256("\n".join(entries).encode()).hexdigest()]
+
+
+def unit_name(index: int) -> str:
+    return f"unit-{index:05d}"
+
+
+def _rows(file: SourceFile, records: Iterator[Record | Rejected]) -> Iterator[tuple[dict, bool]]:
+    label = file.source.label
+    builtin = file.source.path in BUILTINS
+    for r in records:
+        # file.jsonl#L12 for files; builtin:pydocs/stdlib/os.py for the builtin corpus
+        uri = f"{file.source.path}/{r.position}" if builtin else f"{file.path}#{r.position}"
+        if isinstance(r, Record):
+            yield {
+                "id": r.own_id if r.own_id is not None else doc_id(label, file.relpath, r.position),
+                "text": r.text,
+                "source": label,
+                "uri": uri,
+                "license": r.license or normalize_license(file.source.license),
+                "url": r.url,
+            }, True
+        else:
+            yield {
+                "id": doc_id(label, file.relpath, r.position),
+                "text": r.text,
+                "source": label,
+                "uri": uri,
+                "license": normalize_license(file.source.license),
+                "url": None,
+                "reason": r.reason,
+                "detail": f"{uri}: {r.detail}",
+                "stage": "ingest",
+            }, False
+
+
+@stage_task(task_run_name="ingest-{work.unit}")
+def ingest_file(
+    work: StageWork,
+    index: int,
+    file: SourceFile,
+    params: IngestParams,
+    validation: ValidationSettings,
+    energy: EnergySettings | None = None,
+) -> list[ShardStats]:
+    """Read one source file into bounded shards of kept and rejected documents."""
+    marker = work.marker
+    if marker.is_file():
+        return [ShardStats.from_json(s) for s in json.loads(marker.read_text())["parts"]]
+    out = Path(work.out_dir)
+    parts: list[ShardStats] = []
+    kept: list[dict] = []
+    rejected: list[dict] = []
+    size = 0
+    start = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal kept, rejected, size, start
+        shard = f"part-{index:05d}-{len(parts):04d}"
+        kept_df = pl.DataFrame(kept, schema=DOC_SCHEMA)
+        rejected_df = pl.DataFrame(rejected, schema=REJECTED_SCHEMA)
+        validate_shard("ingest", kept_df, rejected_df, params, validation, shard=shard)
+        parts.append(
+            write_shard(
+                out,
+                shard,
+                "ingest",
+                docs_in=kept_df.height + rejected_df.height,
+                bytes_in=text_bytes(kept_df) + text_bytes(rejected_df),
+                kept=kept_df,
+                rejected=rejected_df,
+                seconds=time.perf_counter() - start,
+            )
+        )
+        kept, rejected, size, start = [], [], 0, time.perf_counter()
+
+    with track("ingest", energy) as used:
+        for row, ok in _rows(file, read_records(file, params.max_doc_bytes, params.text_split)):
+            (kept if ok else rejected).append(row)
+            size += len(row["text"])
+            if len(kept) + len(rejected) >= params.shard_docs or size >= params.shard_bytes:
+                flush()
+        if kept or rejected or not parts:
+            flush()
+    parts[-1].energy = used.to_json()  # the file's energy, booked on its last shard
+    bad = sum(p.rejected for p in parts)
+    if bad:
+        get_run_logger().warning("%s: %d record(s) rejected, see rejected/ and stats.json", file.path, bad)
+    write_json(marker, {"file": file.path, "parts": [p.to_json() for p in parts]})
+    return parts
+
+
+def run_ingest(
+    workdir: str | Path, params: IngestParams, validation: ValidationSettings, energy: EnergySettings | None = None
+) -> DatasetRef:
+    """Expand sources into files, map ingest over them, finalize: the flow-side half of ingest."""
+    logger = get_run_logger()
+    files: list[SourceFile] = []
+    skipped: list[dict[str, str]] = []
+    for spec in params.sources:
+        found, skip = list_source_files(spec)
+        files += found
+        skipped += skip
+    for s in skipped:
+        logger.warning("skipped %s: %s (%s)", s["file"], s["reason"], s["detail"])
+    work = plan_stage(workdir, "ingest", VERSION, params, source_fingerprints(files))
+    if work.done():  # every file already read: one cache hit instead of one per file
+        return finalize_stage(work, VERSION, params, [], [], validation)
+    futures = ingest_file.map(
+        [work.for_unit(unit_name(i)) for i in range(len(files))],
+        index=list(range(len(files))),
+        file=files,
+        params=unmapped(params),
+        validation=unmapped(validation),
+        energy=unmapped(energy),
+    )
+    shards = [s for f in futures for s in f.result()]
+    return finalize_stage(
+        work, VERSION, params, [], shards, validation, extra_stats=skipped_stats(files, skipped)
+    )
+
+
+def skipped_stats(files: list[SourceFile], skipped: list[dict[str, str]]) -> dict[str, object]:
+    """Ingest's file-level accounting: files read, files skipped (each with its reason), counts by reason."""
+    by_reason = Counter(s["reason"] for s in skipped)
+    return {"files": len(files), "skipped_files": skipped, "skipped_by_reason": dict(sorted(by_reason.items()))}

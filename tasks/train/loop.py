@@ -1,0 +1,317 @@
+"""pretrain / finetune: next-token training on token arrays, resumable from its last checkpoint.
+
+The loop fits on one screen and calls named helpers (``lr_at``, ``batch_at``,
+``estimate_loss``, ``save``). Batches are a pure function of (seed, step), and the
+dropout RNG state travels in the checkpoint, so a run killed at any point and resumed
+ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from pydantic import BaseModel
+
+from lmwright.models.checkpoint import load_checkpoint, load_config, save_checkpoint
+from lmwright.models.gpt import GPT, GPTConfig, apply_lora, merge_lora
+from lmwright.tasks.core.errors import TrainingDataError
+from lmwright.tasks.train.params import LoraParams, ModelSpec, TrainParams  # noqa: F401 - defined without torch, for configs
+
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Where training examples come from: flat token arrays, or fixed-length SFT rows with loss masks."""
+
+    train: np.ndarray
+    val: np.ndarray
+    train_mask: np.ndarray | None = None  # SFT: (rows, block) 0/1, rows of ids in train/val
+    val_mask: np.ndarray | None = None
+
+    @property
+    def is_rows(self) -> bool:
+        return self.train_mask is not None
+
+    @property
+    def train_tokens(self) -> int:
+        """Tokens one epoch covers (SFT: every position of every row)."""
+        return int(self.train.size)
+
+    def check(self, block: int) -> None:
+        """Fail with one line saying what is missing, before any work (a draw from too few tokens fails deep in numpy)."""
+        need = 1 if self.is_rows else block + 2
+        for split, data in (("train", self.train), ("val", self.val)):
+            have = len(data)
+            if have < need:
+                unit = "rows" if self.is_rows else "tokens"
+                hint = (
+                    "the validation split holds out whole documents (tokenize.val_fraction): give more documents, "
+                    "e.g. one per paragraph with --set ingest.text_split=paragraph"
+                    if split == "val"
+                    else "add text, or choose a smaller model.block_size"
+                )
+                raise TrainingDataError(
+                    f"the {split} split has {have} {unit}; training needs at least {need} (block_size {block}): {hint}"
+                )
+
+
+def resolve_device(params: TrainParams) -> str:
+    if params.device != "auto":
+        return params.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def lr_at(step: int, p: TrainParams, total_steps: int | None = None) -> float:
+    """Linear warmup, then cosine decay to min_lr over the run's steps.
+
+    The schedule is a function of the step alone, never of the clock: a busy machine
+    makes a run slower, not different.
+    """
+    total = total_steps or p.max_steps
+    if step < p.warmup_steps:
+        return p.lr * (step + 1) / p.warmup_steps
+    progress = min(1.0, (step - p.warmup_steps) / max(1, total - p.warmup_steps))
+    return p.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (p.lr - p.min_lr)
+
+
+def step_budget(p: TrainParams, train_tokens: int, tokens_per_step: int) -> int:
+    """Optimizer steps of the run: max_steps, capped so no training token is seen more than max_epochs times."""
+    if p.max_epochs is None or train_tokens <= 0:
+        return p.max_steps
+    return max(1, min(p.max_steps, int(p.max_epochs * train_tokens / tokens_per_step)))
+
+
+def batch_at(
+    data: np.ndarray, mask: np.ndarray | None, block: int, batch: int, seed: int, step: int, micro: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The micro-batch for (step, micro): a pure function of the seed, so resuming replays it exactly."""
+    rng = np.random.default_rng([seed, step, micro])
+    if mask is None:
+        ix = rng.integers(0, len(data) - block - 1, size=batch)
+        x = np.stack([data[i : i + block] for i in ix]).astype(np.int64)
+        y = np.stack([data[i + 1 : i + 1 + block] for i in ix]).astype(np.int64)
+        return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), None
+    rows = rng.integers(0, len(data), size=batch)
+    seq = data[rows].astype(np.int64)  # (B, block + 1)
+    m = mask[rows][:, 1:].astype(np.float32)  # the mask of each target token
+    return (
+        torch.from_numpy(np.ascontiguousarray(seq[:, :-1])).to(device),
+        torch.from_numpy(np.ascontiguousarray(seq[:, 1:])).to(device),
+        torch.from_numpy(np.ascontiguousarray(m)).to(device),
+    )
+
+
+@torch.no_grad()
+def estimate_loss(model: GPT, batches: Batches, p: TrainParams, block: int, device: str, ctx: Any) -> dict[str, float]:
+    """Mean loss on fixed held-out and training batches (the same ones every time)."""
+    model.eval()
+    out = {}
+    for split, data, mask in (("train", batches.train, batches.train_mask), ("val", batches.val, batches.val_mask)):
+        losses = []
+        for k in range(p.eval_batches):
+            x, y, m = batch_at(data, mask, block, p.batch_size, p.seed + 1, 0, k, device)  # fixed held-out batches
+            with ctx:
+                _, loss = model(x, y, loss_mask=m)
+            losses.append(loss.item())
+        out[f"{split}_loss"] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+class TrainResult(BaseModel):
+    out_dir: str
+    steps: int
+    planned_steps: int
+    best_val_loss: float
+    best_step: int
+    stopped: str
+    tokens_seen: int
+    seconds: float
+    flops: float
+    model_config_json: dict[str, Any]
+
+
+StepHook = Callable[[int, int, Callable[[], float]], None]
+
+
+def train(
+    out_dir: Path,
+    batches: Batches,
+    params: TrainParams,
+    vocab_size: int,
+    init_from: Path | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+    lora: LoraParams | None = None,
+    on_step: StepHook | None = None,
+) -> TrainResult:
+    """Train into ``out_dir``; resumes from ``out_dir/checkpoints/last`` when a previous attempt left one.
+
+    ``progress(step, record)`` sees every validation; ``on_step(step, total, loss)`` every
+    optimizer step (``loss()`` reads the last micro-batch's loss: a device sync, so call it
+    only when printing). Every stop (steps spent, early stopping, the max_seconds guard)
+    ends with a validation of the final weights, and ``checkpoints/best`` is the best of all
+    validations, final weights included. It ends as a plain model (LoRA adapters merged).
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    lead = rank == 0  # only the lead rank writes checkpoints, metrics and progress
+    device = resolve_device(params)
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    last, best = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
+    torch.manual_seed(params.seed)
+    cfg = model_config(params, vocab_size, init_from)
+    batches.check(cfg.block_size)
+    model = GPT(cfg).to(device)
+    if init_from is not None and not last.exists():
+        load_checkpoint(init_from, model, restore_rng=False)  # transfer learning: start from pretrained weights
+    if lora is not None:
+        apply_lora(model, lora.rank, lora.alpha, targets=tuple(lora.targets))
+    optimizer = torch.optim.AdamW(
+        model.param_groups(params.weight_decay), lr=params.lr, betas=(params.beta1, params.beta2), fused=False
+    )
+    state = {"step": 0, "best_val_loss": float("inf"), "best_step": 0, "bad_evals": 0, "tokens_seen": 0, "seconds": 0.0,
+             "validated_step": -1}
+    if last.exists():  # a killed or retried attempt: continue where its last checkpoint left off
+        state = {"validated_step": -1, **load_checkpoint(last, model, optimizer)["train"]}
+        _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
+    ctx = _autocast(params, device)
+    if world > 1:  # dropout streams differ per rank (a single process keeps its restored RNG: exact resume)
+        torch.manual_seed(params.seed + 7919 * rank + state["step"])
+    runnable = torch.compile(model) if params.compile else model
+    # DDP averages gradients across ranks; each rank draws its own micro-batches, so the
+    # global batch equals a single process's with grad_accum * world micro-batches.
+    trainable = DistributedDataParallel(runnable) if world > 1 else runnable
+    block = cfg.block_size
+    tokens_per_step = params.batch_size * params.grad_accum * block * world
+    metrics = open(out_dir / "metrics.jsonl", "a") if lead else open(os.devnull, "w")
+    started = time.perf_counter() - state["seconds"]
+
+    def validate(step: int) -> bool:
+        """Validate the current weights, keep them if best; True when patience ran out."""
+        losses = estimate_loss(runnable, batches, params, block, device, ctx)
+        record = {"step": step, **losses, "lr": lr_at(step, params, step_budget(params, batches.train_tokens, tokens_per_step)),
+                  "seconds": time.perf_counter() - started}
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        state["validated_step"] = step
+        if progress and lead:
+            progress(step, record)
+        improved = losses["val_loss"] < state["best_val_loss"] - params.min_delta
+        if losses["val_loss"] < state["best_val_loss"]:  # best is the lowest loss seen; patience wants real progress
+            state.update(best_val_loss=losses["val_loss"], best_step=step)
+            if lead:
+                save_checkpoint(best, model, None, _state(state, step))
+        state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+        return params.patience is not None and state["bad_evals"] >= params.patience
+
+    stopped = "max_steps"
+    step = state["step"]
+    loss = torch.zeros(())
+    while step < (total := step_budget(params, batches.train_tokens, tokens_per_step)):
+        if step % params.eval_interval == 0 and state["validated_step"] != step and validate(step):
+            stopped = "early_stopping"
+            break
+        lr = lr_at(step, params, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(params.grad_accum):
+            index = rank * params.grad_accum + micro
+            x, y, m = batch_at(batches.train, batches.train_mask, block, params.batch_size, params.seed, step, index, device)
+            sync = world == 1 or micro == params.grad_accum - 1  # all-reduce once per step, not per micro-batch
+            with ctx, (contextlib.nullcontext() if sync else trainable.no_sync()):
+                _, loss = trainable(x, y, loss_mask=m)
+                (loss / params.grad_accum).backward()
+        if params.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        state["tokens_seen"] += tokens_per_step
+        state["seconds"] = time.perf_counter() - started
+        if on_step and lead:
+            on_step(step, total, lambda: float(loss.detach().item()))
+        if step % params.checkpoint_interval == 0 and lead:
+            save_checkpoint(last, model, optimizer, _state(state, step))
+        if params.max_seconds and _lead_clock(state["seconds"], world, device) >= params.max_seconds:
+            stopped = "max_seconds"
+            break
+    if state["validated_step"] != step:  # every stop ends with a validation: best considers the final weights
+        validate(step)
+    state["step"] = step
+    metrics.close()
+    result = TrainResult(
+        out_dir=str(out_dir),
+        steps=step,
+        planned_steps=step_budget(params, batches.train_tokens, tokens_per_step),
+        best_val_loss=state["best_val_loss"],
+        best_step=state["best_step"],
+        stopped=stopped,
+        tokens_seen=state["tokens_seen"],
+        seconds=state["seconds"],
+        flops=float(model.flops_per_token() * state["tokens_seen"]),
+        model_config_json=cfg.to_dict(),
+    )
+    if not lead:
+        dist.barrier()  # wait for the lead's final checkpoints
+        return result
+    save_checkpoint(last, model, optimizer, _state(state, step))
+    if world > 1:
+        dist.barrier()
+    if lora is not None:
+        load_checkpoint(best, model, restore_rng=False)
+        merge_lora(model)
+        save_checkpoint(best, model, None, _state(state, step))
+    return result
+
+
+def _lead_clock(seconds: float, world: int, device: str) -> float:
+    """The lead rank's elapsed seconds, on every rank: budgets and the schedule must agree across ranks."""
+    if world == 1:
+        return seconds
+    clock = torch.tensor([seconds], dtype=torch.float64, device=device)  # NCCL needs it on the GPU
+    dist.broadcast(clock, src=0)
+    return float(clock.item())
+
+
+def model_config(params: TrainParams, vocab_size: int, init_from: Path | None) -> GPTConfig:
+    if init_from is None:
+        return params.model.build(vocab_size)
+    saved = load_config(init_from)
+    # The architecture is the checkpoint's; regularization is this run's to choose.
+    return GPTConfig.from_dict({**saved, "dropout": params.model.overrides.get("dropout", saved["dropout"])})
+
+
+def _autocast(params: TrainParams, device: str) -> Any:
+    kind = device.split(":")[0]  # a DDP rank trains on "cuda:<local rank>"; autocast wants the device type
+    use_bf16 = params.dtype == "bfloat16" or (params.dtype == "auto" and kind == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
+
+
+def _state(state: dict[str, Any], step: int) -> dict[str, Any]:
+    """What a checkpoint carries besides tensors (save_checkpoint adds RNG states and the model config)."""
+    return {"train": {**state, "step": step}}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] < step]
+    path.write_text("".join(l + "\n" for l in lines))
