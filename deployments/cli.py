@@ -148,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     c = _subparser(sub, "generate", OTHER["generate"])
     c.add_argument("prompt", nargs="?", default="", help="text to complete (not with --chat)")
     c.add_argument("--chat", action="store_true", help="interactive turns on stdin, one line per user turn; Ctrl-D ends")
+    c.add_argument("--system", help="a system message that opens the chat (with --chat)")
     c.add_argument("--model", help="training run, export or workdir (default: the promoted model of --workdir)")
     c.add_argument("--workdir", help=f"whose promoted model to use (default: ./{DEFAULT_WORKDIR})")
     c.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample at most (default: 200)")
@@ -430,6 +431,8 @@ def generate(args: argparse.Namespace) -> int:
 
     if args.chat and args.prompt:
         raise UsageError("give a prompt or --chat, not both")
+    if args.system is not None and not args.chat:
+        raise UsageError("--system opens a chat: add --chat")
     if args.max_new_tokens < 1 or args.temperature < 0 or args.top_k < 0:
         raise UsageError("--max-new-tokens must be >= 1, --temperature and --top-k >= 0")
     import torch
@@ -446,7 +449,7 @@ def generate(args: argparse.Namespace) -> int:
             print(piece, end="", flush=True)
         print()
         return 0
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system is not None else []
     interactive = sys.stdin.isatty()
     while True:
         if interactive:

@@ -146,11 +146,12 @@ def export_hf(
     cfg = llama_config(config, ids[bos_token], ids[eos_token], ids[pad_token] if pad_token else None)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    # No max_length: transformers warns on every generate(max_new_tokens=...) when it is set; the
+    # context length is config.json's max_position_embeddings.
     gen = {
         "bos_token_id": cfg["bos_token_id"],
         "eos_token_id": cfg["eos_token_id"],
         "pad_token_id": cfg["pad_token_id"],
-        "max_length": config.block_size,
         "do_sample": True,
         "temperature": 0.8,
         "top_k": 50,

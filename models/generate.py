@@ -33,6 +33,15 @@ class ModelNotFound(UserError, FileNotFoundError):
     """A path that holds no model we can load; the message says what was expected."""
 
 
+class ChatTemplateError(UserError, ValueError):
+    """Messages the chat template refuses (a role it has no marker for), in the template's own words."""
+
+
+def _raise_template_error(message: str) -> None:
+    """``raise_exception`` inside a chat template, as transformers provides it."""
+    raise ChatTemplateError(f"chat template: {message}")
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How to pick each next token."""
@@ -156,6 +165,7 @@ def chat_prompt_ids(tokenizer: Tokenizer, template: str, messages: list[dict[str
     from jinja2.sandbox import ImmutableSandboxedEnvironment  # a template from a file must not run code
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)  # as transformers renders it
+    env.globals["raise_exception"] = _raise_template_error
     slots = [{"role": m["role"], "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
     rendered = env.from_string(template).render(messages=slots, add_generation_prompt=True)
     specials = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
@@ -203,4 +213,4 @@ def stream(gen: Generator, prompt_ids: list[int], sampling: Sampling) -> Iterato
         yield text[len(shown) :]
 
 
-__all__ = ["Generator", "ModelNotFound", "Sampling", "chat_prompt_ids", "load_generator", "stream"]
+__all__ = ["ChatTemplateError", "Generator", "ModelNotFound", "Sampling", "chat_prompt_ids", "load_generator", "stream"]

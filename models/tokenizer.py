@@ -87,8 +87,13 @@ def vocab_size_of(tok: Tokenizer) -> int:
 
 
 # The chat format of fine-tuned models: the markers SFT data is encoded with, as a Jinja template for transformers.
+# A system message opens with its own marker (fine-tuning data has none, so the model has not learned to
+# follow one); a role the format has no marker for is an error, never silently left out of the prompt.
 CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}\n"
-    "{% elif m['role'] == 'assistant' %}<|assistant|>\n{{ m['content'] }}<|endoftext|>{% endif %}{% endfor %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}<|system|>\n{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}<|user|>\n{{ m['content'] }}\n"
+    "{% elif m['role'] == 'assistant' %}<|assistant|>\n{{ m['content'] }}<|endoftext|>"
+    "{% else %}{{ raise_exception('chat message ' ~ loop.index ~ ' has role ' ~ m['role'] ~ "
+    "'; this chat format knows system, user and assistant') }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

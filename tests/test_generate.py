@@ -12,7 +12,7 @@ import torch
 from lmwright.deployments.cli import main
 from lmwright.models.checkpoint import save_checkpoint
 from lmwright.models.export import export_hf
-from lmwright.models.generate import Sampling, chat_prompt_ids, load_generator, stream
+from lmwright.models.generate import ChatTemplateError, Sampling, chat_prompt_ids, load_generator, stream
 from lmwright.models.gpt import GPT, GPTConfig
 from lmwright.models.tokenizer import SpecialTokens, load_tokenizer, train_bpe
 from lmwright.models.tokenizer import CHAT_TEMPLATE
@@ -152,3 +152,44 @@ def test_a_broken_model_directory_is_one_line_naming_it(workdir: tuple[Path, Pat
     assert str(hf_dir) in line and "not a loadable lmwright export" in line and "gpt2" in line
     (run_dir / "tokenizer.json").unlink()
     assert one_line_error(capsys, "hi", "--model", str(run_dir)).endswith("an incomplete training run, tokenizer.json is missing")
+
+
+def test_a_system_message_is_rendered_with_its_marker_not_dropped(workdir: tuple[Path, Path, GPT]) -> None:
+    _, hf_dir, _ = workdir
+    gen = load_generator(hf_dir)
+    system = gen.tokenizer.token_to_id("<|system|>")
+    user_only = gen.encode_chat([{"role": "user", "content": "hi"}])
+    with_system = gen.encode_chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    assert with_system[0] == system and with_system[-len(user_only):] == user_only
+    assert "Be brief." in gen.tokenizer.decode(with_system, skip_special_tokens=False)
+
+
+def test_a_role_the_template_does_not_know_is_a_clear_error(workdir: tuple[Path, Path, GPT], capsys, monkeypatch) -> None:
+    _, hf_dir, _ = workdir
+    with pytest.raises(ChatTemplateError, match="message 1 has role tool; this chat format knows system, user and assistant"):
+        load_generator(hf_dir).encode_chat([{"role": "tool", "content": "42"}])
+
+
+def test_chat_with_a_system_message_from_the_command_line(workdir: tuple[Path, Path, GPT], capsys, monkeypatch) -> None:
+    _, hf_dir, _ = workdir
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    assert main(["generate", "--chat", "--system", "Be brief.", "--model", str(hf_dir), "--max-new-tokens", "8", "--seed", "1"]) == 0
+    gen = load_generator(hf_dir)
+    expected = "".join(stream(gen, gen.encode_chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]),
+                              Sampling(max_new_tokens=8, seed=1)))
+    assert capsys.readouterr().out == f"{expected}\n"
+
+
+def test_transformers_renders_system_messages_and_generates_without_a_max_length_warning(
+    workdir: tuple[Path, Path, GPT], capfd: pytest.CaptureFixture[str]
+) -> None:
+    _, hf_dir, _ = workdir
+    assert "max_length" not in json.loads((hf_dir / "generation_config.json").read_text())
+    transformers = pytest.importorskip("transformers")
+    hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    assert hf_tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False).startswith("<|system|>\nBe brief.\n<|user|>")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir))
+    capfd.readouterr()
+    model.generate(**hf_tok("def ", return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert "max_length" not in capfd.readouterr().err  # transformers' own handler writes to the stderr descriptor
