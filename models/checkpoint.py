@@ -9,8 +9,8 @@ A checkpoint is one directory:
                            resolved model config (under "model_config") and the RNG states
                            (under "rng"), all plain JSON
 
-It is written into `<dir>.tmp-<uuid>` and then renamed into place, so a killed process
-leaves either the previous checkpoint or the new one, never half of one. torch.save /
+It is written into a temp directory and swapped in whole (`tasks.core.files.atomic_dir`), so a
+killed process leaves either the previous checkpoint or the new one, never half of one. torch.save /
 torch.load (pickle: arbitrary code on load) are never used.
 """
 
@@ -20,14 +20,14 @@ import base64
 import json
 import os
 import random
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+
+from lmwright.tasks.core.files import atomic_dir, recover_dir, remove_stale_temps
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.safetensors"
@@ -126,28 +126,8 @@ def _json_default(o: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    """Inside the checkpoint's temp directory, which atomic_dir syncs and swaps in whole."""
     path.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
-
-
-def _fsync_tree(path: Path) -> None:
-    # a kill -9 needs no fsync (the page cache survives it); a power cut does
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _recover(directory: Path) -> None:
-    """Finish a replace that a kill interrupted between its two renames (see below)."""
-    if directory.exists():
-        return
-    olds = sorted(directory.parent.glob(directory.name + ".old-*"), key=lambda p: p.stat().st_mtime)
-    if olds:
-        os.replace(olds[-1], directory)
 
 
 def save_checkpoint(
@@ -160,11 +140,7 @@ def save_checkpoint(
     replacing any previous checkpoint there. Adds "rng" (current RNG states, unless the
     caller gave them) and "model_config" (model.config, when the model has one)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    _recover(directory)
-    tmp = directory.with_name(f"{directory.name}.tmp-{uuid.uuid4().hex}")
-    tmp.mkdir()
-    try:
+    with atomic_dir(directory) as tmp:
         save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
         if optimizer is not None:
             tensors, meta = _flatten_optimizer(optimizer)
@@ -176,23 +152,8 @@ def save_checkpoint(
         if config is not None and hasattr(config, "to_dict"):
             full_state.setdefault("model_config", config.to_dict())
         _write_json(tmp / STATE_FILE, full_state)
-        _fsync_tree(tmp)
-        # POSIX rename cannot replace a non-empty directory, so: move the old one aside,
-        # move the new one in, delete the old one. A kill between the two renames leaves
-        # only <dir>.old-*, which _recover() puts back on the next save or load.
-        old = None
-        if directory.exists():
-            old = directory.with_name(f"{directory.name}.old-{uuid.uuid4().hex}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # leftovers of earlier killed saves: half-written, never trusted, safe to delete
-    for stale in directory.parent.glob(directory.name + ".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # leftovers of earlier killed saves: half-written, never trusted, safe to delete (one trainer per directory)
+    remove_stale_temps(directory)
     return directory
 
 
@@ -205,7 +166,7 @@ def load_checkpoint(
     """Load weights into model (strict) and, if given, optimizer state into optimizer;
     restore the RNG states (restore_rng) and return the state dict. Never unpickles."""
     directory = Path(directory)
-    _recover(directory)
+    recover_dir(directory)  # a kill between the two renames of a save left the previous checkpoint aside
     if not (directory / STATE_FILE).is_file():
         raise FileNotFoundError(f"no checkpoint at {directory} (missing {STATE_FILE})")
     state = json.loads((directory / STATE_FILE).read_text())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from lmwright.models.gpt import GPT, GPTConfig, has_lora
+from lmwright.tasks.core.files import atomic_copy, atomic_path, atomic_write_text
 
 # our name -> HF Llama name, per layer ("{i}" is the layer index)
 LAYER_NAMES = {
@@ -144,8 +144,9 @@ def export_hf(
 
     # config + weights
     cfg = llama_config(config, ids[bos_token], ids[eos_token], ids[pad_token] if pad_token else None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(hf_state_dict(model), str(tmp), metadata={"format": "pt"})
     # No max_length: transformers warns on every generate(max_new_tokens=...) when it is set; the
     # context length is config.json's max_position_embeddings.
     gen = {
@@ -156,10 +157,10 @@ def export_hf(
         "temperature": 0.8,
         "top_k": 50,
     }
-    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
 
     # tokenizer
-    shutil.copyfile(tokenizer_json_path, out / "tokenizer.json")
+    atomic_copy(tokenizer_json_path, out / "tokenizer.json")
     special_map: dict[str, Any] = {"bos_token": bos_token, "eos_token": eos_token}
     if pad_token:
         special_map["pad_token"] = pad_token
@@ -174,9 +175,9 @@ def export_hf(
     }
     if chat_template:
         tok_cfg["chat_template"] = chat_template
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(tok_cfg, indent=2) + "\n")
+    atomic_write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
 
     if model_card:
-        (out / "README.md").write_text(model_card)
+        atomic_write_text(out / "README.md", model_card)
     return out

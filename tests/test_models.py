@@ -249,8 +249,8 @@ def test_checkpoint_never_pickles_and_recovers(tmp_path: Path):
     ]
     json.loads((ck / "optimizer.json").read_text())
     # a kill between the two renames of a replace leaves only <dir>.old-*: it comes back
-    ck.rename(tmp_path / "ck.old-deadbeef")
-    (tmp_path / "ck.tmp-cafe").mkdir()  # and a half-written tmp dir, never trusted
+    ck.rename(tmp_path / ".ck.deadbeef.old")
+    (tmp_path / ".ck.cafe.tmp").mkdir()  # and a half-written tmp dir, never trusted
     assert load_checkpoint(ck, GPT(small_config()))["step"] == 0
     save_checkpoint(ck, m, None, {"step": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from lmwright.tasks.core.energy import merge_energy
-from lmwright.tasks.core.files import atomic_path, atomic_write_text, write_json  # noqa: F401 - part of the dataset API
+from lmwright.tasks.core.files import atomic_write_parquet, atomic_write_text, write_json  # noqa: F401 - part of the dataset API
 
 MANIFEST = "manifest.json"
 STATS = "stats.json"
@@ -133,8 +133,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def write_parquet(df: pl.DataFrame, path: Path) -> None:
     """Write a shard atomically (tmp + rename), so a killed writer leaves no half shard."""
-    with atomic_path(path) as tmp:
-        df.write_parquet(tmp, compression=COMPRESSION, statistics=False)
+    atomic_write_parquet(path, df, compression=COMPRESSION, statistics=False)
 
 
 

@@ -1,9 +1,14 @@
 """Atomic file writes: readers see a file whole or not at all, writers never share a temp file.
 
-Every file lmwright writes under a workdir goes through ``atomic_path`` (or the helpers on top of
-it): the data is written to a temp file with a unique name beside the target and renamed onto it,
-so two runs on one workdir never write into each other's temp file, a killed writer leaves no
-half file under the real name, and a failed write (a full disk) leaves no temp file behind.
+Every file lmwright writes under a workdir goes through ``atomic_path`` or one of the writers on
+top of it, one per kind: ``atomic_write_text``, ``write_json``, ``atomic_write_bytes``,
+``atomic_write_parquet`` (polars), ``atomic_write_array`` (numpy ``.npy``), ``atomic_copy``, and
+``atomic_dir`` for a directory replaced whole (a checkpoint). Raw streams (``.bin`` token arrays, a
+tokenizer's own ``save``) write to the temp path ``atomic_path`` yields. The data goes to a temp file
+with a unique name beside the target, is fsync'd, and is renamed onto it, so two runs on one workdir
+never write into each other's temp file, a killed writer (or a power cut) leaves no half file under
+the real name, and a failed write (a full disk, an exception in the writer) leaves no temp file
+behind and the previous file intact.
 
 Dependency-free on purpose, so that training ranks (``tasks.train.worker``) can use them
 without the data stack.
@@ -101,36 +106,137 @@ def _remove(path: Path) -> None:
             pass
 
 
+def _fsync(path: Path) -> None:
+    """Put ``path`` on the disk: a file, or a directory with everything under it.
+
+    A kill -9 needs no fsync (the page cache survives it); a power cut does, or the rename can
+    reach the disk before the data and leave an empty file under the real name.
+    """
+    if path.is_symlink():
+        return  # its target is written (and synced) on its own
+    if path.is_dir():
+        for child in path.iterdir():
+            _fsync(child)
+        _fsync_dir(path)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Put ``directory``'s entries (a rename into it) on the disk, where the platform allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # no directory handles here (e.g. Windows): the rename is as durable as it gets
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):  # file systems that cannot sync a directory
+            raise
+    finally:
+        os.close(fd)
+
+
+def _aside_path(path: Path) -> Path:
+    """Where a replaced directory waits between the two renames of ``atomic_dir``."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.old")
+
+
+def recover_dir(path: Path) -> None:
+    """Finish a directory replace that a kill interrupted between its two renames (see ``atomic_dir``)."""
+    if path.exists():
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.*.old"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], path)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temp files or directories earlier killed writers of ``path`` left.
+
+    Only for a path one process writes at a time (a training run's checkpoint): another writer's
+    temp file would be deleted under it.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        _remove(stale)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a unique temp path to write ``path``'s content to; rename it onto ``path`` at the end.
+    """Yield a unique temp path to write ``path``'s content to; fsync it and rename it onto ``path`` at the end.
 
-    When the block raises, the temp file is removed; a disk problem (full, read-only) is raised
-    as a ``DiskError`` naming ``path``, whatever library reported it.
+    When the block raises, the temp file is removed and ``path`` keeps its previous content; a disk
+    problem (full, read-only) is raised as a ``DiskError`` naming ``path``, whatever library reported it.
+    A directory at ``path`` is replaced whole: POSIX rename cannot replace a non-empty directory, so
+    the old one is moved aside, the new one moved in and the old one deleted (``recover_dir`` puts
+    the old one back when a kill came between the two renames).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
+    aside = None
     try:
         yield tmp
+        _fsync(tmp)
+        if path.is_dir() and not path.is_symlink():
+            aside = _aside_path(path)
+            os.replace(path, aside)
         os.replace(tmp, path)
     except BaseException as exc:
+        disk = as_disk_error(exc, path)
+        if disk is None and isinstance(exc, OSError) and exc.errno is None:
+            # a short write a C library reports without an errno ("2097152 requested and 1044352
+            # written": numpy); asked while the temp file still fills the disk
+            probed = disk_problem(path.parent, probe_bytes=64 << 10)
+            disk = None if probed is None else DiskError(probed.errno, probed.strerror, str(path))
         _remove(tmp)
-        if (disk := as_disk_error(exc, path)) is not None and disk is not exc:
+        if disk is not None and disk is not exc:
             raise disk from exc
         raise
+    _fsync_dir(path.parent)
+    if aside is not None:
+        _remove(aside)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a new, empty temp directory to fill; it replaces the directory ``path`` whole at the end."""
+    recover_dir(path)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        yield tmp
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so readers see either nothing or all of it (rename is atomic on POSIX)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    """Write ``text`` as UTF-8, whole or not at all."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def atomic_write_parquet(path: Path, frame: Any, **options: Any) -> None:
+    """Write a polars DataFrame as Parquet (``options`` go to ``write_parquet``), whole or not at all."""
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp, **options)
+
+
+def atomic_write_array(path: Path, array: Any) -> None:
+    """Write a numpy array as ``.npy`` (never pickled), whole or not at all.
+
+    Through an open file: ``np.save`` given a path not ending in ``.npy`` (a temp name) appends it.
+    """
+    import numpy as np  # here, not at the top: the module stays dependency-free for its other writers
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def atomic_copy(src: Path, dest: Path, hard_link: bool = False) -> None:
@@ -165,7 +271,10 @@ def append_line_once(path: Path, line: str) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    """Write ``value`` as indented JSON with sorted keys (what is not JSON becomes its ``str``), whole or not at all."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
 
 
 LATEST = "latest"  # <workdir>/latest/<stage>.json (+ a symlink <stage>): the stage's last finished output
@@ -186,12 +295,12 @@ def point_latest(output_dir: str | os.PathLike, stage: str) -> Path:
     finished = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     write_json(pointer, {"stage": stage, "path": str(out), "fingerprint": out.name, "finished": finished})
     link = latest / stage
-    tmp = temp_path_for(link)
     try:  # relative, so a moved workdir keeps working; replaced atomically, like the JSON
-        os.symlink(os.path.relpath(out, latest), tmp)
-        os.replace(tmp, link)
-    except OSError:  # no symlinks here (or a directory in the way): the JSON pointer is enough
-        tmp.unlink(missing_ok=True)
+        if not link.is_dir() or link.is_symlink():  # a real directory in the way stays: the JSON pointer is enough
+            with atomic_path(link) as tmp:
+                os.symlink(os.path.relpath(out, latest), tmp)
+    except OSError:  # no symlinks here: the JSON pointer is enough
+        pass
     return pointer
 
 

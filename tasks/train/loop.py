@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from lmwright.models.checkpoint import load_checkpoint, load_config, save_checkpoint
 from lmwright.models.gpt import GPT, GPTConfig, apply_lora, merge_lora
 from lmwright.tasks.core.errors import TrainingDataError
+from lmwright.tasks.core.files import atomic_write_text
 from lmwright.tasks.train.params import LoraParams, ModelSpec, TrainParams  # noqa: F401 - defined without torch, for configs
 
 VERSION = "1"
@@ -314,4 +315,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] < step]
-    path.write_text("".join(l + "\n" for l in lines))
+    atomic_write_text(path, "".join(l + "\n" for l in lines))

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmwright.tasks.core.dataset import write_json
+from lmwright.tasks.core.files import atomic_write_array, write_json
 from lmwright.tasks.curate.sources import _pydocs_files, open_binary
 from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
 from lmwright.tasks.train.tokenize import TokenDatasetRef, assign_split, encode_sft, load_tokenizer
@@ -130,8 +130,8 @@ def build_sft_data(work: StageWork, tokens: TokenDatasetRef, params: SftDataPara
     for name in ("train", "val"):
         chosen = [(p, r) for (_, p, r), s in zip(pairs, split) if s == name]
         ids, mask = encode_sft(tok, chosen, block_size + 1)
-        np.save(out / f"{name}_ids.npy", ids.astype(np.int32), allow_pickle=False)
-        np.save(out / f"{name}_mask.npy", mask, allow_pickle=False)
+        atomic_write_array(out / f"{name}_ids.npy", ids.astype(np.int32))
+        atomic_write_array(out / f"{name}_mask.npy", mask)
         meta[f"{name}_pairs"] = len(chosen)
         meta[f"{name}_response_tokens"] = int(mask[:, 1:].sum())
         meta[f"{name}_truncated"] = int((mask[:, -1] == 1).sum())

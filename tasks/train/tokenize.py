@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -327,10 +326,7 @@ def _encode(work: StageWork, part: str, limit: int | None, tokenizer_path: str, 
                         schema=_DOC_INDEX_SCHEMA,
                     )
                 )
-            for f in files.values():
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
+        finally:  # closed before the renames; atomic_path syncs them to the disk
             for f in files.values():
                 f.close()
     doc_index = pl.concat(index) if index else pl.DataFrame(schema=_DOC_INDEX_SCHEMA)
@@ -426,8 +422,6 @@ def _concat_files(sources: Sequence[Path], dest: Path) -> None:
         for src in sources:
             with open(src, "rb") as f:
                 shutil.copyfileobj(f, out, COPY_BLOCK)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def _shard_index(out: Path, names: Sequence[str]) -> pl.DataFrame:
@@ -482,8 +476,6 @@ def _write_ranges(dest: Path, order: pl.DataFrame, arrays: Sequence[Path], dtype
             for a in range(lo, lo + n, step):
                 f.write(arr[a : min(a + step, lo + n)])
         current = None
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def build_meta(
