@@ -87,20 +87,21 @@ def evaluate_flow(
 
     work = plan_stage(workdir, "evaluate", "1", config.evaluate, [final.fingerprint, tokens.fingerprint], area="evals")
     metrics = evaluate_model(work.for_unit(final.stage), final, tokens, sft, config.evaluate)
+    base_metrics = None
     work = work.for_unit(final.stage)
     if config.finetune.enabled and models.finetuned:  # the pretrained model too, to show what fine-tuning changed
         base = ModelRef("pretrain", Path(models.pretrained).name, models.pretrained)
         base_work = plan_stage(workdir, "evaluate", "1", config.evaluate, [base.fingerprint, tokens.fingerprint], area="evals")
-        evaluate_model(base_work.for_unit("pretrain"), base, tokens, sft, config.evaluate)
+        base_metrics = evaluate_model(base_work.for_unit("pretrain"), base, tokens, sft, config.evaluate)
     if not export:
         return Evaluation(report=work.out_dir, metrics=metrics, export=None, promoted=False, reasons=["export skipped"])
 
     energy = run_energy(corpus_card, models.tokens, [models.pretrained, models.finetuned])
     withdrawals = render_withdrawals_markdown(withdrawal_report(workdir, withdrawn), model=final.path, heading="###")
-    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawals, energy)
+    card = render_model_card(config, final, metrics, corpus_card, tokens.meta(), withdrawals, energy, base_metrics)
     publish_energy(energy)
     export_work = plan_stage(workdir, "export", "1", {"card": card}, [final.fingerprint], area="exports")
-    hf_dir = export_model(export_work, final, metrics, card)
+    hf_dir = export_model(export_work, final, metrics, card, corpus_card)
     promoted, reasons = promote(workdir, hf_dir, metrics)
     return Evaluation(report=work.out_dir, metrics=metrics, export=hf_dir, promoted=promoted, reasons=reasons)
 

@@ -23,28 +23,46 @@ LN2 = math.log(2)
 
 
 @torch.no_grad()
-def heldout_loss(
+def block_losses(
     model: GPT, tokens: np.ndarray, params: EvalParams, device: str = "cpu", on_blocks: Callable[[int, int], None] | None = None
-) -> tuple[float, int]:
-    """Mean next-token loss over non-overlapping blocks of ``tokens`` (deterministic: no sampling).
+) -> np.ndarray:
+    """Mean next-token loss of each non-overlapping block of ``tokens`` (deterministic: no sampling).
 
-    ``on_blocks(done, total)`` after every batch of blocks (live progress)."""
+    Every block scores the same number of tokens, so their mean is the token mean and their spread
+    gives its standard error. ``on_blocks(done, total)`` after every batch of blocks (live progress)."""
     model.eval()
     T = model.config.block_size
     n = min(len(tokens) - 1, params.max_tokens)
     blocks = max(1, n // T)
-    total, count = 0.0, 0
+    span = min(T, len(tokens) - 1)
+    out = np.zeros(blocks, dtype=np.float64)
     for start in range(0, blocks, params.batch_size):
         idx = [i * T for i in range(start, min(blocks, start + params.batch_size))]
-        span = min(T, len(tokens) - 1)
         x = torch.from_numpy(np.stack([tokens[i : i + span] for i in idx]).astype(np.int64)).to(device)
         y = torch.from_numpy(np.stack([tokens[i + 1 : i + 1 + span] for i in idx]).astype(np.int64)).to(device)
-        _, loss = model(x, y)
-        total += loss.item() * y.numel()
-        count += y.numel()
+        logits, _ = model(x)
+        per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
+        out[start : start + len(idx)] = per_token.mean(dim=1).cpu().numpy()
         if on_blocks:
             on_blocks(start + len(idx), blocks)
-    return total / max(count, 1), count
+    return out
+
+
+def heldout_loss(
+    model: GPT, tokens: np.ndarray, params: EvalParams, device: str = "cpu", on_blocks: Callable[[int, int], None] | None = None
+) -> tuple[float, int]:
+    """Mean next-token loss over non-overlapping blocks of ``tokens`` and the number of tokens scored."""
+    losses = block_losses(model, tokens, params, device, on_blocks)
+    return float(losses.mean()), len(losses) * min(model.config.block_size, len(tokens) - 1)
+
+
+def interval95(values: np.ndarray) -> tuple[float, float]:
+    """Normal-approximation 95% interval of the mean of ``values`` (blocks, questions): mean -/+ 1.96 standard errors."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, mean
+    half = 1.96 * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    return mean - half, mean + half
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from prefect.artifacts import (
 
 from lmwright.models.run import ModelRef
 from lmwright.models.tokenizer import CHAT_TEMPLATE
-from lmwright.tasks.core.dataset import write_json
+from lmwright.tasks.core.files import atomic_copy, write_json
 from lmwright.tasks.core.shipped import ROOT
 from lmwright.tasks.core.files import disk_problem, point_latest
 from lmwright.tasks.curate.bias import load_probes, probe_bias, probe_gate_failures, probe_metrics
@@ -94,29 +94,11 @@ class TrainingProgress:
 
 
 def plot_losses(model_dir: Path) -> Path | None:
+    """loss.png beside the run's records: the same picture the model card shows."""
     from lmwright.tasks.train.evaluate import read_history
+    from lmwright.tasks.train.model_card import plot_loss_curves
 
-    history = read_history(model_dir)
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, [r["train_loss"] for r in history], label="train")
-    ax.plot(steps, [r["val_loss"] for r in history], label="val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = model_dir / "loss.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return plot_loss_curves(read_history(model_dir), model_dir / "loss.png", model_dir.parent.name)
 
 
 def fit(
@@ -259,7 +241,7 @@ def pretrain_model(
     if work.done():
         return ModelRef(work.stage, work.fingerprint, work.out_dir)
     out = Path(work.out_dir)
-    (out / "tokenizer.json").write_bytes((Path(tokens.path) / "tokenizer.json").read_bytes())
+    atomic_copy(Path(tokens.path) / "tokenizer.json", out / "tokenizer.json")
     from lmwright.tasks.train.loop import model_config
 
     meta = tokens.meta()
@@ -284,7 +266,7 @@ def finetune_model(
     if work.done():
         return ModelRef(work.stage, work.fingerprint, work.out_dir)
     out = Path(work.out_dir)
-    (out / "tokenizer.json").write_bytes(base.tokenizer_path.read_bytes())
+    atomic_copy(base.tokenizer_path, out / "tokenizer.json")
     from lmwright.models.checkpoint import load_config
 
     vocab = load_config(base.best)["vocab_size"]
@@ -313,14 +295,18 @@ def evaluate_model(
         return json.loads((out / "metrics.json").read_text())
     import torch
 
-    from lmwright.tasks.train.evaluate import fit_diagnosis, gate_failures, heldout_loss, read_history, response_loss, samples, unigram_loss
+    from lmwright.tasks.train.evaluate import (
+        block_losses, fit_diagnosis, gate_failures, heldout_loss, interval95, read_history, response_loss, samples, unigram_loss,
+    )
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_ref.load(device)
     meta = tokens.meta()
     live = LiveProgress(f"evaluate {model_ref.stage}", 1, unit="blocks", artifact_key=f"evaluate-{work.unit or 'model'}-progress")
     train_tokens, val_tokens = tokens.heldout_split(model.config.block_size)
-    val_loss, scored = heldout_loss(model, val_tokens, params, device, on_blocks=_blocks_progress(live, 0))
+    val_blocks = block_losses(model, val_tokens, params, device, on_blocks=_blocks_progress(live, 0))
+    val_loss, scored = float(val_blocks.mean()), len(val_blocks) * min(model.config.block_size, len(val_tokens) - 1)
+    val_low, val_high = interval95(val_blocks)  # over blocks: neighbouring tokens are not independent
     train_loss, _ = heldout_loss(model, train_tokens, params, device, on_blocks=_blocks_progress(live, 1))
     live.finish(live.total)
     unigram = unigram_loss(np.asarray(train_tokens), np.asarray(val_tokens), meta["vocab_size"])
@@ -331,8 +317,11 @@ def evaluate_model(
         "model": model_ref.path,
         "stage": model_ref.stage,
         "val_loss": round(val_loss, 5),
+        "val_loss_ci95": [round(val_low, 5), round(val_high, 5)],
         "val_ppl": round(math.exp(val_loss), 3),
         "val_bpb": round(val_loss / math.log(2) / bytes_per_token, 5),
+        "val_bpb_ci95": [round(v / math.log(2) / bytes_per_token, 5) for v in (val_low, val_high)],
+        "val_blocks": len(val_blocks),
         "train_loss": round(train_loss, 5),
         "unigram_loss": round(unigram, 5),
         "val_tokens_scored": scored,
@@ -375,6 +364,14 @@ def _blocks_progress(live: LiveProgress, part: int) -> Callable[[int, int], None
     return on_blocks
 
 
+def _publish_card_figures(hf_dir: Path) -> None:
+    """The loss curves beside the model card, as image artifacts the Prefect UI shows."""
+    from lmwright.tasks.core.plots import publish_png
+
+    for png in sorted(hf_dir.glob("loss_*.png")):
+        publish_png(png, f"{png.stem.replace('_', '-')}-curves", f"Training and validation loss ({png.stem.removeprefix('loss_')})")
+
+
 def _publish_metrics(name: str, metrics: dict[str, Any]) -> None:
     rows = [
         {"metric": k, "value": metrics[k]}
@@ -392,12 +389,16 @@ def _publish_metrics(name: str, metrics: dict[str, Any]) -> None:
 
 
 @stage_task(task_run_name="export")
-def export_model(work: StageWork, model_ref: ModelRef, metrics: dict[str, Any], model_card: str) -> str:
-    """A Hugging Face directory (LlamaForCausalLM + tokenizer files + model card)."""
+def export_model(
+    work: StageWork, model_ref: ModelRef, metrics: dict[str, Any], model_card: str, data_card: str | None = None
+) -> str:
+    """A Hugging Face directory: LlamaForCausalLM + tokenizer files + model card, its loss curves and the data card."""
     out = Path(work.out_dir)
     if work.done():
+        _publish_card_figures(out / "hf")
         return str(out / "hf")
     from lmwright.models.export import export_hf
+    from lmwright.tasks.train.model_card import DATA_CARD, card_figures
 
     model = model_ref.load("cpu")
     export_hf(
@@ -410,6 +411,12 @@ def export_model(work: StageWork, model_ref: ModelRef, metrics: dict[str, Any], 
         chat_template=CHAT_TEMPLATE,
     )
     write_json(out / "hf" / "metrics.json", {k: v for k, v in metrics.items() if k != "samples"})
+    card_figures(model_ref, out / "hf")
+    if data_card:  # the model card links it; its pictures travel with it
+        atomic_copy(Path(data_card), out / "hf" / DATA_CARD)
+        for png in sorted(Path(data_card).parent.glob("*.png")):
+            atomic_copy(png, out / "hf" / png.name)
+    _publish_card_figures(out / "hf")
     write_json(work.marker, {"stage": "export", "fingerprint": work.fingerprint})
     point_latest(out, "export")
     return str(out / "hf")

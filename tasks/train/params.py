@@ -98,6 +98,20 @@ class GateParams(BaseModel):
     )
 
 
+class CardParams(BaseModel):
+    """What the model card says that the run cannot know: its name on the Hub, licence and dataset ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, description="The card's title (the model's name); null: lmwright-<params>-<sources>-<stage>.")
+    license: str | None = Field(
+        None, description="Hub licence id of the weights (apache-2.0, mit, other, ...); null: other, naming the training data's licences."
+    )
+    datasets: list[str] = Field(
+        default_factory=list, description="Hub dataset ids the training corpus is published as (the card's datasets: field)."
+    )
+
+
 class EvalParams(BaseModel):
     """What evaluation measures and how a model is judged."""
 
@@ -121,3 +135,4 @@ class EvalParams(BaseModel):
         "configs/lexicons/probes.yaml", description="Counterfactual probe templates (YAML); null: no bias probes."
     )
     gate: GateParams = Field(default_factory=GateParams, description="Promotion thresholds.")
+    card: CardParams = Field(default_factory=CardParams, description="Name, licence and dataset ids of the model card.")
