@@ -12,7 +12,7 @@ and 1 copy in 10 is exact, so dedup has both exact and near duplicates to find.
    (``--shard-docs`` per call, as the flow calls it), best of ``--repeat``, with the tiny
    preset's parameters and ``langid.languages=null`` (what the flow run below uses).
    normalize runs on the raw documents; langid, quality, pii and the dedup signature
-   step (``tasks.curate.dedup.signature_frame``: normalization, MinHash via tasks/curate/minhash.py,
+   step (``tasks.curate.dedup.signatures.signature_frame``: normalization, MinHash via tasks/curate/dedup/minhash.py,
    exact hash, band keys) all run on the normalized documents, every document, so all
    see the same input. ``dedup cluster`` is the global step over all signatures (once).
 2. Flow: ``lmwright curate`` in a subprocess (fresh workdir and PREFECT_HOME each run,
@@ -141,7 +141,8 @@ def timed(fn: Callable[[pl.DataFrame], pl.DataFrame], parts: list[pl.DataFrame],
 
 
 def stage_table(label: str, df: pl.DataFrame, config: Any, shard_docs: int, repeat: int) -> list[dict[str, Any]]:
-    from lmwright.tasks.curate.dedup import cluster_frame, signature_frame
+    from lmwright.tasks.curate.dedup.clusters import cluster_frame
+    from lmwright.tasks.curate.dedup.signatures import signature_frame
     from lmwright.tasks.curate.langid import apply_langid
     from lmwright.tasks.curate.normalize import apply_normalize
     from lmwright.tasks.curate.pii import apply_pii

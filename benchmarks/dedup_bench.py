@@ -35,8 +35,15 @@ from datasketch import MinHash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmwright.tasks.curate.dedup import DedupParams, cluster_frame, read_signatures, shingle_loader, signature_frame  # noqa: E402
-from lmwright.tasks.curate.minhash import datasketch_hashfunc, minhash_signatures, normalize_expr, shingles  # noqa: E402
+from lmwright.tasks.curate.dedup.clusters import cluster_frame  # noqa: E402
+from lmwright.tasks.curate.dedup.params import DedupParams  # noqa: E402
+from lmwright.tasks.curate.dedup.signatures import read_signatures, shingle_loader, signature_frame  # noqa: E402
+from lmwright.tasks.curate.dedup.minhash import (  # noqa: E402
+    datasketch_hashfunc,
+    minhash_signatures,
+    normalize_expr,
+    shingles,
+)
 
 
 def load(data: Path) -> list[str]:

@@ -45,8 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lmwright.tasks.core.dataset import write_parquet  # noqa: E402
-from lmwright.tasks.curate.dedup import DedupParams, _gather_ranges  # noqa: E402
-from lmwright.tasks.curate.minhash import band_hashes  # noqa: E402
+from lmwright.tasks.curate.dedup.clusters import gather_ranges  # noqa: E402
+from lmwright.tasks.curate.dedup.params import DedupParams  # noqa: E402
+from lmwright.tasks.curate.dedup.minhash import band_hashes  # noqa: E402
 
 P_DISTINCT, P_EXACT, P_NEAR, P_BOILER = 0.75, 0.08, 0.15, 0.02
 BUCKET = 500  # boilerplate documents per shared band-0 value
@@ -94,8 +95,8 @@ def write_corpus(out: Path, n: int, shard_docs: int, p: DedupParams, shingles: i
         lens[copy] = t_off[t[copy] + 1] - t_off[t[copy]]
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         values = rng.integers(0, 2**32, int(offsets[-1]), dtype=np.uint32)
-        dest, _ = _gather_ranges(offsets, np.flatnonzero(copy))
-        src, _ = _gather_ranges(t_off, t[copy])
+        dest, _ = gather_ranges(offsets, np.flatnonzero(copy))
+        src, _ = gather_ranges(t_off, t[copy])
         keep = rng.random(dest.size) >= 0.05 * np.repeat(near[copy], lens[copy])
         values[dest[keep]] = t_vals[src[keep]]
         values, offsets = sorted_sets(np.repeat(np.arange(m), lens), values, m)
@@ -124,19 +125,19 @@ def child(engine: str, paths_file: str, out: str) -> None:
     """Run one engine on the files listed in ``paths_file``; print a JSON line of results."""
     import resource
 
-    import lmwright.tasks.curate.dedup as dedup
+    from lmwright.tasks.curate.dedup import clusters, dask_engine, signatures, spill
 
     paths = json.loads(Path(paths_file).read_text())
     params = DedupParams()
     spilled = [0]
-    write_run = dedup._write_run
+    write_run = spill._write_run
 
     def counting(frame, key, path):  # bytes written to the spill dir
         res = write_run(frame, key, path)
         spilled[0] += path.stat().st_size
         return res
 
-    dedup._write_run = counting
+    spill._write_run = counting
     extra: dict = {}
     if engine == "dask":
         from distributed import Client, LocalCluster
@@ -148,13 +149,13 @@ def child(engine: str, paths_file: str, out: str) -> None:
         extra["cluster_start_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     if engine == "polars":
-        counts = dedup.cluster_files(paths, params, Path(out) / "clusters.parquet", Path(out) / "spill")
+        counts = spill.cluster_files(paths, params, Path(out) / "clusters.parquet", Path(out) / "spill")
     elif engine == "dask":
-        counts = dedup.cluster_files_dask(paths, params, Path(out) / "clusters.parquet", scheduler=client)
+        counts = dask_engine.cluster_files_dask(paths, params, Path(out) / "clusters.parquet", scheduler=client)
     else:  # the old find_clusters: everything in memory
-        sigs = dedup.read_signatures(paths, params)
-        clusters, counts = dedup.cluster_frame(sigs, params, dedup.shingle_loader(paths, dedup.file_heights(paths)))
-        write_parquet(clusters, Path(out) / "clusters.parquet")
+        sigs = signatures.read_signatures(paths, params)
+        frame, counts = clusters.cluster_frame(sigs, params, signatures.shingle_loader(paths, signatures.file_heights(paths)))
+        write_parquet(frame, Path(out) / "clusters.parquet")
     secs = time.perf_counter() - t0
     if engine == "dask":
         client.close()

@@ -12,21 +12,20 @@ import pytest
 from datasketch import MinHash
 
 from lmwright.tasks.core.dataset import DatasetRef, DOC_SCHEMA, ShardStats, write_manifest, write_shard
-from lmwright.tasks.curate.dedup import (
-    REASON_EXACT,
-    REASON_NEAR,
-    DedupApplyParams,
-    DedupParams,
-    apply_dedup,
-    cluster_frame,
-    connected_components,
-    jaccard_verified,
-    run_dedup,
-    signature_frame,
-)
+from lmwright.tasks.curate.dedup.clusters import cluster_frame, connected_components, jaccard_verified
+from lmwright.tasks.curate.dedup.params import REASON_EXACT, REASON_NEAR, DedupApplyParams, DedupParams
+from lmwright.tasks.curate.dedup.signatures import signature_frame
+from lmwright.tasks.curate.dedup.stage import apply_dedup, run_dedup
 from datasketch.hashfunc import sha1_hash32
 
-from lmwright.tasks.curate.minhash import datasketch_hashfunc, minhash_signatures, murmur3_32, normalize_expr, shingles, word_mix_hash32
+from lmwright.tasks.curate.dedup.minhash import (
+    datasketch_hashfunc,
+    minhash_signatures,
+    murmur3_32,
+    normalize_expr,
+    shingles,
+    word_mix_hash32,
+)
 
 WEB = Path("web") / "cc_warc_2019_07_cclicensed_pages.jsonl"  # under ../shared/data (the shared_data fixture)
 

@@ -13,19 +13,12 @@ import polars as pl
 import pytest
 
 from lmwright.tasks.core.dataset import write_parquet
-from lmwright.tasks.curate.dedup import (
-    REASON_EXACT,
-    REASON_NEAR,
-    DedupParams,
-    cluster_files,
-    cluster_files_dask,
-    cluster_frame,
-    file_heights,
-    read_signatures,
-    shingle_loader,
-    signature_frame,
-)
-from lmwright.tasks.curate.minhash import band_hashes
+from lmwright.tasks.curate.dedup.clusters import cluster_frame
+from lmwright.tasks.curate.dedup.dask_engine import cluster_files_dask
+from lmwright.tasks.curate.dedup.params import REASON_EXACT, REASON_NEAR, DedupParams
+from lmwright.tasks.curate.dedup.signatures import file_heights, read_signatures, shingle_loader, signature_frame
+from lmwright.tasks.curate.dedup.spill import cluster_files
+from lmwright.tasks.curate.dedup.minhash import band_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = Path("web") / "cc_warc_2019_07_cclicensed_pages.jsonl"  # under ../shared/data (the shared_data fixture)
@@ -157,7 +150,7 @@ def test_flow_with_dask_engine_same_dataset_and_fingerprint(tmp_path: Path, corp
     from prefect import flow
 
     from lmwright.data_quality import ValidationSettings
-    from lmwright.tasks.curate.dedup import run_dedup
+    from lmwright.tasks.curate.dedup.stage import run_dedup
     from tests.test_dedup import make_source
 
     texts = [t for t in corpus if t.strip()][:120]
@@ -181,7 +174,10 @@ def test_flow_with_dask_engine_same_dataset_and_fingerprint(tmp_path: Path, corp
 CHILD = """
 import json, resource, sys
 import psutil
-from lmwright.tasks.curate.dedup import DedupParams, cluster_files, cluster_frame, file_heights, read_signatures
+from lmwright.tasks.curate.dedup.clusters import cluster_frame
+from lmwright.tasks.curate.dedup.params import DedupParams
+from lmwright.tasks.curate.dedup.signatures import file_heights, read_signatures
+from lmwright.tasks.curate.dedup.spill import cluster_files
 paths, engine, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 params = DedupParams(verify="signature")
 before = psutil.Process().memory_info().rss

@@ -121,7 +121,7 @@ def test_retry_condition_gives_up_on_a_full_or_read_only_disk() -> None:
 
 
 def test_every_stage_and_training_task_uses_that_retry_condition() -> None:
-    from lmwright.tasks.curate.dedup import compute_signatures, find_clusters
+    from lmwright.tasks.curate.dedup.stage import compute_signatures, find_clusters
     from lmwright.tasks.train.modeling import evaluate_model, export_model, finetune_model, pretrain_model
     from lmwright.tasks.core.stage import finalize_stage, process_shard
 

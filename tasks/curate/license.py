@@ -40,7 +40,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmwright.tasks.core.dataset import atomic_write_text
-from lmwright.tasks.curate.minhash import normalize_expr
+from lmwright.tasks.curate.dedup.minhash import normalize_expr
 from lmwright.tasks.curate.pii import with_scrubbed_identifiers
 from lmwright.tasks.core.stage import ShardStage
 
@@ -404,7 +404,7 @@ def license_decision(value: str | None, params: LicenseParams) -> tuple[str | No
 def content_hash(text: str) -> str:
     """sha256 (hex) of the normalized text: lowercase, whitespace runs -> one space, ends stripped.
 
-    The same normalization as dedup's exact key (tasks.curate.minhash.normalize_expr); give it to
+    The same normalization as dedup's exact key (tasks.curate.dedup.minhash.normalize_expr); give it to
     anyone who wants to withdraw a text without sending it.
     """
     return _sha256_series(pl.Series("text", [text]))[0]
