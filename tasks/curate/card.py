@@ -23,10 +23,13 @@ from lmwright.tasks.core.energy import energy_markdown, energy_table
 from lmwright.tasks.core.errors import UserError
 from lmwright.tasks.curate.license import LicenseParams, policy_summary, render_policy_markdown
 from lmwright.tasks.curate.mixture import diversity, render_diversity_markdown
+from lmwright.tasks.curate.quality.report import language_report, render_language_markdown
 from lmwright.tasks.curate.retention import RejectedSettings, RetentionSettings, render_retention_markdown
 from lmwright.tasks.core.stage import StageWork, stage_task
+from lmwright.tasks.curate.card_plots import card_figures, length_histogram
+from lmwright.tasks.core.plots import publish_png
 
-VERSION = "1"
+VERSION = "2"  # 2: Hub header, thresholds, rejected examples, lengths, figures
 CARD_ARTIFACT_KEY = "data-card"
 
 
@@ -66,7 +69,6 @@ def funnel(stages: list[DatasetRef]) -> list[dict[str, Any]]:
                 "rejected": s["rejected"],
                 "rejected_by_reason": s["rejected_by_reason"],
                 "counts": s.get("counts", {}),
-                "seconds": s["seconds"],
                 "mb_in": round(s["bytes_in"] / 1e6, 3),
                 "energy": s.get("energy"),
             }
@@ -154,13 +156,104 @@ def _counts(lf: pl.LazyFrame, col: str) -> dict[str, int]:
 def duplicate_summary(dedup: DatasetRef) -> dict[str, Any]:
     rejected = dedup.rejected_parts()
     if not rejected:
-        return {"duplicates_removed": 0, "largest_clusters": []}
+        return {"duplicates_removed": 0, "by_reason": {}, "largest_clusters": []}
     rej = pl.scan_parquet([str(p) for p in rejected])
     by = rej.group_by("dup_of").len().sort(["len", "dup_of"], descending=[True, False]).limit(10).collect()
+    reasons = rej.group_by("reason").len().sort("reason").collect()
     return {
         "duplicates_removed": int(rej.select(pl.len()).collect().item()),
+        "by_reason": {str(k): int(v) for k, v in zip(reasons["reason"], reasons["len"])},
         "largest_clusters": [{"kept_id": k, "duplicates": int(n)} for k, n in zip(by["dup_of"], by["len"])],
     }
+
+
+FILTER_STAGES = ("langid", "quality", "pii", "bias", "dedup", "decontaminate")
+EXAMPLES_PER_REASON = 2
+EXAMPLE_CHARS = 240
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        elif not isinstance(value, list) or len(value) <= 8:  # long lists (stop words, lexicons) stay in manifest.json
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def thresholds_used(stages: list[DatasetRef]) -> dict[str, dict[str, Any]]:
+    """Each filtering stage's settings as its manifest recorded them (what ran, not what a preset meant)."""
+    # quality's per-language settings have their own section (Quality by language), not one row per key here.
+    return {
+        ref.stage: _flatten({k: v for k, v in ref.manifest().get("params", {}).items() if k != "languages"})
+        for ref in stages
+        if ref.stage in FILTER_STAGES
+    }
+
+
+def quality_defaults() -> dict[str, Any]:
+    """The published defaults of the quality rules, to show which thresholds a run relaxed or tightened."""
+    from lmwright.tasks.curate.quality import QualityParams
+
+    return _flatten(QualityParams().model_dump(mode="json"))
+
+
+def rejected_examples(stages: list[DatasetRef]) -> list[dict[str, Any]]:
+    """A few rejected documents per stage and reason, cut short and with personal data replaced by placeholders."""
+    from lmwright.tasks.curate.pii import PiiParams, redact_text
+
+    rows: list[dict[str, Any]] = []
+    for ref in stages:
+        parts = ref.rejected_parts()
+        if not parts:
+            continue
+        rej = pl.scan_parquet([str(p) for p in parts])
+        cols = rej.collect_schema().names()
+        picked = (
+            rej.select("reason", pl.col("detail") if "detail" in cols else pl.lit(None).alias("detail"),
+                       pl.col("text").str.slice(0, EXAMPLE_CHARS) if "text" in cols else pl.lit(None, pl.String).alias("text"))
+            .group_by("reason", maintain_order=True).head(EXAMPLES_PER_REASON).collect()
+        )
+        if picked.height == 0:
+            continue
+        redacted, _ = redact_text(picked.with_columns(pl.col("text").fill_null("")), PiiParams())
+        for (reason, detail, raw), text in zip(picked.select("reason", "detail", "text").iter_rows(), redacted):
+            rows.append({"stage": ref.stage, "reason": reason, "detail": None if detail is None else str(detail)[:120],
+                         "text": text if raw is not None else None})
+    return rows
+
+
+def document_lengths(stages: list[DatasetRef], corpus: DatasetRef) -> dict[str, list[int]]:
+    """Length histograms (characters) of the documents read and the documents kept; read is empty if ingest's text was dropped."""
+
+    def lengths(ref: DatasetRef) -> list[int]:
+        return [int(n) for n in ref.scan().select(pl.col("text").str.len_chars()).collect().to_series().drop_nulls()]
+
+    ingest = next((s for s in stages if s.stage == "ingest"), None)
+    return {"before": length_histogram(lengths(ingest)) if ingest else [], "after": length_histogram(lengths(corpus))}
+
+
+def hub_header(card: dict[str, Any]) -> str:
+    """The Hub's dataset-card YAML: licences, languages, size, task, name."""
+    from huggingface_hub import DatasetCardData
+
+    p = card["profile"]
+    n = p["documents"]
+    size = next(label for bound, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
+                                           (1e7, "1M<n<10M"), (float("inf"), "10M<n<100M")) if n < bound)
+    licenses = [k.lower() for k in p.get("licenses", {}) if k != "unknown"]
+    data = DatasetCardData(
+        pretty_name=card_title(card), language=list(p.get("languages", {}))[:20] or None,
+        license=licenses if len(licenses) == 1 and licenses[0] in {"mit", "apache-2.0", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0"} else "other",
+        size_categories=[size], task_categories=["text-generation"], tags=["lmwright", "curated", "pretraining"],
+    )
+    return data.to_yaml()
+
+
+def card_title(card: dict[str, Any]) -> str:
+    sources = ", ".join(list(card["profile"].get("sources", {}))[:3]) or "text"
+    return f"lmwright corpus: {sources} ({card['fingerprint'][:8]})"
 
 
 def check_fairness(audit: dict[str, Any], validation: ValidationSettings) -> None:
@@ -174,25 +267,60 @@ def check_fairness(audit: dict[str, Any], validation: ValidationSettings) -> Non
     get_run_logger().warning(message)
 
 
+def render_thresholds(card: dict[str, Any]) -> list[str]:
+    used = card.get("thresholds") or {}
+    if not used:
+        return []
+    defaults = card.get("quality_defaults") or {}
+    changed = [(k, v, defaults[k]) for k, v in used.get("quality", {}).items() if k in defaults and defaults[k] != v]
+    lines = ["", "## Filters and thresholds", "", "As each stage recorded them in its manifest."]
+    if changed:
+        lines += ["", f"Quality rules changed from their published defaults ({len(changed)}):", "",
+                  "| setting | used | default |", "|---|---:|---:|"]
+        lines += [f"| quality.{k} | {v} | {d} |" for k, v, d in changed]
+    for stage, settings in used.items():
+        lines += ["", f"<details><summary>{stage}: every setting</summary>", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in settings.items()]
+        lines += ["", "</details>"]
+    return lines
+
+
+def render_examples(card: dict[str, Any]) -> list[str]:
+    examples = card.get("rejected_examples") or []
+    if not examples:
+        return []
+    lines = ["", "## Examples of removed documents", "",
+             f"Up to {EXAMPLES_PER_REASON} per reason, the first {EXAMPLE_CHARS} characters, personal data replaced by placeholders.", "",
+             "| stage | reason | detail | text |", "|---|---|---|---|"]
+    for e in examples:
+        text = "(text not kept)" if e["text"] is None else e["text"].replace("|", "\\|").replace("\n", " ⏎ ").replace("`", "'")
+        lines.append(f"| {e['stage']} | {e['reason']} | {e['detail'] or ''} | {text} |")
+    return lines
+
+
+def render_figures(card: dict[str, Any]) -> list[str]:
+    names = [n for n in card.get("figures", [])]
+    return ["", "## Pictures", "", *[f"![{n}](card_{n}.png)" for n in names]] if names else []
+
+
 def render_markdown(card: dict[str, Any]) -> str:
-    lines = ["# Data card", "", f"Corpus: `{card['corpus']}`", ""]
+    lines = ["---", hub_header(card).strip(), "---", "", f"# {card_title(card)}", ""] if "fingerprint" in card else ["# Data card", ""]
     p = card["profile"]
-    lines += [f"**{p['documents']:,} documents**, {p['chars']:,} characters.", ""]
-    lines += ["## Funnel", "", "| stage | in | kept | rejected | top reasons | s |", "|---|---:|---:|---:|---|---:|"]
+    lines += [f"**{p['documents']:,} documents**, {p['chars']:,} characters, curated by lmwright from "
+              f"{', '.join(p.get('sources', {})) or 'its sources'}; corpus fingerprint `{card.get('fingerprint', '')}`.", ""]
+    lines += ["## Funnel", "", "| stage | in | kept | rejected | top reasons |", "|---|---:|---:|---:|---|"]
     for row in card["funnel"]:
         top = sorted(row["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:4]
         reasons = ", ".join(f"{k} {v}" for k, v in top)
-        lines.append(f"| {row['stage']} | {row['in']:,} | {row['kept']:,} | {row['rejected']:,} | {reasons} | {row['seconds']} |")
+        lines.append(f"| {row['stage']} | {row['in']:,} | {row['kept']:,} | {row['rejected']:,} | {reasons} |")
+    lines += ["", "Time, energy and CO2 of each stage: [Energy](#energy)."]
+    lines += render_figures(card)
+    lines += render_thresholds(card)
+    lines += render_language_markdown(card.get("quality_by_language", []))
+    lines += render_examples(card)
     lines += render_counts_markdown(card["funnel"])
     if "files" in card:
         lines += render_skipped_markdown(card["files"])
-    for title, key in (("Languages", "languages"), ("Sources", "sources"), ("Licenses", "licenses")):
-        if p.get(key):
-            lines += ["", f"## {title}", "", "| value | documents |", "|---|---:|"]
-            lines += [f"| {k} | {v:,} |" for k, v in list(p[key].items())[:20]]
-    if p.get("doc_chars"):
-        d = p["doc_chars"]
-        lines += ["", "## Sizes", "", f"Document length in characters: p10 {d['p10']:,}, median {d['p50']:,}, p90 {d['p90']:,}."]
     lines += ["", render_diversity_markdown(card["diversity"]).strip(), "", render_policy_markdown(card["license_policy"]).strip()]
     lines += ["", render_bias_markdown(card["bias"]).strip()]
     energy = {row["stage"]: row["energy"] for row in card["funnel"] if row.get("energy")}
@@ -217,6 +345,7 @@ def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], in
         card = json.loads((out / "card.json").read_text())
     else:
         license_stage = next((s for s in stages if s.stage == "license"), None)
+        quality_stage = next((s for s in stages if s.stage == "quality"), None)
         unknown = int(corpus.scan().select(pl.col("license").is_null().sum()).collect().item())
         card = {
             "corpus": corpus.path,
@@ -229,11 +358,19 @@ def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], in
             "bias": audit_to_json(bias_audit(stages, inputs.bias, inputs.bias_audit)),
             "duplicates": duplicate_summary(corpus),
             "retention": {"intermediate_text": inputs.retention.intermediate_text, "rejected_keep_text": inputs.rejected.keep_text},
+            "thresholds": thresholds_used(stages),
+            "quality_by_language": language_report(quality_stage) if quality_stage else [],
+            "quality_defaults": quality_defaults(),
+            "rejected_examples": rejected_examples(stages),
+            "lengths": document_lengths(stages, corpus),
         }
+        card["figures"] = list(card_figures(card, out))
         check_fairness(card["bias"], inputs.validation)
         atomic_write_text(out / "card.md", render_markdown(card))
         write_json(out / "card.json", card)
     create_markdown_artifact(
         markdown=render_markdown(card), key=CARD_ARTIFACT_KEY, description=f"Data card of {corpus.path}"
     )
+    for name in card.get("figures", []):
+        publish_png(out / f"card_{name}.png", f"data-card-{name}", f"Data card: {name}")
     return str(out / "card.md")
