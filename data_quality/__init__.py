@@ -6,14 +6,16 @@ Public API (importing it does not import Great Expectations; the first validatio
     DataQualityError        raised when a suite fails with severity fail
     validate_shard(stage, kept, rejected, params, settings, shard)
     validate_stage(stage, out_dir, shards, params, settings)
+    validate_summary(stage, suite, summary, settings, label)   a summary of an output that is not documents
 
-The suites are described in data_quality/suites.py, the regexes behind the text checks
+The document suites are described in data_quality/suites.py, those of token datasets in
+data_quality/tokens.py, the regexes behind the text checks
 (e-mail, IPv4, phone, control characters) in data_quality/patterns.py.
 """
 
 from __future__ import annotations
 
 from lmwright.data_quality.settings import DataQualityError, Severity, ValidationSettings
-from lmwright.data_quality.validate import validate_shard, validate_stage
+from lmwright.data_quality.validate import validate_shard, validate_stage, validate_summary
 
-__all__ = ["DataQualityError", "Severity", "ValidationSettings", "validate_shard", "validate_stage"]
+__all__ = ["DataQualityError", "Severity", "ValidationSettings", "validate_shard", "validate_stage", "validate_summary"]

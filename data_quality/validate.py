@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import polars as pl
 
@@ -133,6 +133,32 @@ def validate_stage(
         # else: every duplicate hash was a 64-bit collision between different values: not a failure.
     if failed:
         _report(stage, "whole stage", failed, settings, max_examples=settings.max_examples, notes=notes)
+
+
+def validate_summary(
+    stage: str,
+    suite: tuple[str, Callable[[], list[Any]]],
+    summary: pl.DataFrame,
+    settings: ValidationSettings,
+    label: str,
+    notes: Sequence[str] = (),
+    index_column: str | None = None,
+) -> None:
+    """Run a whole-output ``suite`` (data_quality/tokens.py, data_quality/sft.py) on ``summary``, a
+    stage's small summary frame (one row per split, per example ...). Raises or warns like
+    validate_shard; ``notes`` (readable details the stage found) follow the failed expectations.
+    ``index_column`` names the column that identifies a failing row in the message."""
+    if not settings.enabled:
+        return
+    from lmwright.data_quality import context
+
+    name, build = suite
+    fmt: dict[str, Any] = {"result_format": "COMPLETE"}
+    if index_column is not None:
+        fmt = {"result_format": "SUMMARY", "partial_unexpected_count": 5, "unexpected_index_column_names": [index_column]}
+    run = context.run_suite(context.get_suite(name, build), summary.to_pandas(), f"{stage}-summary", fmt)
+    if not run.success:
+        _report(stage, "whole stage", [(label, run)], settings, max_examples=settings.max_examples, notes=notes)
 
 
 def _resolve_duplicates(out_dir: Path, shards: Sequence[Any], frame: pl.DataFrame, hashed: list[str]) -> list[str]:

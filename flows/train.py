@@ -23,7 +23,8 @@ from lmwright.tasks.train.sft import SftDatasetRef, run_sft_data
 from lmwright.tasks.core.results import PERSISTED_RESULTS
 from lmwright.tasks.core.files import append_line_once
 from lmwright.tasks.core.stage import is_not_data_quality_error, plan_stage
-from lmwright.tasks.train.tokenize import TokenDatasetRef, run_tokenize
+from lmwright.tasks.train.token_dataset import TokenDatasetRef
+from lmwright.tasks.train.tokenize import run_tokenize
 
 PROMOTED = "promoted.json"
 

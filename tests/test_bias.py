@@ -298,7 +298,7 @@ def test_real_web_text(shared_data: Path):
 
 def test_shipped_probes_run_on_an_untrained_model():
     from lmwright.models.gpt import GPT, GPTConfig
-    from lmwright.tasks.train.tokenize import SpecialTokens, train_bpe, vocab_size_of
+    from lmwright.models.tokenizer import SpecialTokens, train_bpe, vocab_size_of
 
     probes = load_probes()
     assert set(probes.axes) == set(AXES) and {"negative", "positive"} <= set(probes.continuations)
@@ -335,7 +335,7 @@ def _corpus(skewed: bool, n: int = 1000, seed: int = 0) -> list[str]:
 
 def _train_tiny(texts: list[str], tok, steps: int = 150, seed: int = 0):
     from lmwright.models.gpt import GPT, GPTConfig
-    from lmwright.tasks.train.tokenize import vocab_size_of
+    from lmwright.models.tokenizer import vocab_size_of
 
     torch.manual_seed(seed)
     eot = tok.token_to_id("<|endoftext|>")
@@ -357,7 +357,7 @@ def _train_tiny(texts: list[str], tok, steps: int = 150, seed: int = 0):
 
 
 def test_probe_gap_larger_for_model_trained_on_skewed_corpus():
-    from lmwright.tasks.train.tokenize import SpecialTokens, train_bpe
+    from lmwright.models.tokenizer import SpecialTokens, train_bpe
 
     skewed, balanced = _corpus(True), _corpus(False)
     tok = train_bpe(skewed + balanced, 300, 2, SpecialTokens())  # one tokenizer: same ids for both models

@@ -16,7 +16,7 @@ from lmwright.models.generate import ChatTemplateError, Sampling, chat_prompt_id
 from lmwright.models.gpt import GPT, GPTConfig
 from lmwright.models.tokenizer import SpecialTokens, load_tokenizer, train_bpe
 from lmwright.models.tokenizer import CHAT_TEMPLATE
-from lmwright.tasks.train.tokenize import encode_sft
+from lmwright.tasks.train.sft import encode_sft
 
 TEXT = [
     "def read_file(path):\n    return open(path).read()\n",

@@ -11,7 +11,7 @@ import torch
 from lmwright.flows.config import PipelineConfig, load_config
 from lmwright.flows.pipeline import pipeline
 from lmwright.models.run import ModelRef
-from lmwright.tasks.train.tokenize import TokenDatasetRef
+from lmwright.tasks.train.token_dataset import TokenDatasetRef
 from tests.prefect_states import all_task_states, by_stage
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

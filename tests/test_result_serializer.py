@@ -29,7 +29,7 @@ from lmwright.tasks.core.results import (
     check_record,
 )
 from lmwright.tasks.core.stage import StageWork, stage_task
-from lmwright.tasks.train.tokenize import TokenDatasetRef
+from lmwright.tasks.train.token_dataset import TokenDatasetRef
 from tests.prefect_states import task_states
 
 REF = DatasetRef(stage="quality", fingerprint="f" * 20, path="/w/datasets/quality/fff")
@@ -156,6 +156,16 @@ def test_a_planted_record_is_refused_and_the_task_runs_again(prefect_harness, tm
     record.write_text(json.dumps(saved))
     after, state = run_probe(work)
     assert state == "Completed" and len(RUNS) == 4 and after == first and not pwned_json.exists()
+
+    # Ours, naming one of our classes, with fields it no longer has (a ref an older version wrote):
+    # a cache miss, not a crash
+    saved = json.loads(record.read_text())
+    saved["result"] = json.dumps({"__type__": "lmwright.tasks.core.dataset:DatasetRef", "fields": {"path": "/old", "fingerprint": "f"}})
+    record.write_text(json.dumps(saved))
+    with pytest.raises(UnsafeResultError, match="does not build"):
+        check_record(record.read_bytes(), "k")
+    after, state = run_probe(work)
+    assert state == "Completed" and len(RUNS) == 5 and after == first
 
 
 # --- flow results --------------------------------------------------------------------------------

@@ -15,18 +15,10 @@ from prefect import flow
 
 from lmwright.data_quality import DataQualityError, ValidationSettings
 from lmwright.tasks.core.dataset import DOC_SCHEMA, DatasetRef, write_manifest, write_shard
-from lmwright.tasks.train.tokenize import (
-    SpecialTokens,
-    TokenDatasetRef,
-    TokenizeParams,
-    assign_split,
-    encode_sft,
-    load_tokenizer,
-    run_tokenize,
-    token_dtype,
-    train_bpe,
-    validate_token_dataset,
-)
+from lmwright.models.tokenizer import SpecialTokens, load_tokenizer, token_dtype, train_bpe
+from lmwright.tasks.train.sft import encode_sft
+from lmwright.tasks.train.token_dataset import TokenDatasetRef, assign_split
+from lmwright.tasks.train.tokenize import TokenizeParams, run_tokenize, validate_token_dataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -34,9 +34,10 @@ from lmwright.data_quality import ValidationSettings
 from lmwright.tasks.core.dataset import DatasetRef, write_parquet
 from lmwright.tasks.core.energy import EnergySettings
 from lmwright.tasks.curate.license import REASON_WITHDRAWN, LicenseParams, optout_matches, registry_of
-from lmwright.tasks.refresh.versions import packed_docs, read_latest
+from lmwright.tasks.refresh.mix import packed_docs
+from lmwright.tasks.refresh.versions import read_latest
 from lmwright.tasks.core.stage import ShardStage, run_shard_stage
-from lmwright.tasks.train.tokenize import DOCS_FILE, TokenDatasetRef
+from lmwright.tasks.train.token_dataset import DOCS_FILE, TokenDatasetRef
 
 VERSION = "1"
 WITHDRAWN_FILE = "withdrawn.parquet"
