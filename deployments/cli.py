@@ -91,6 +91,12 @@ OTHER = {
         "The latest output of every stage (also under W/latest/<stage>), its size or scores, and the promoted model.",
         "lmwright status --workdir W",
     ),
+    "publish": Command(
+        "upload an export to a Hugging Face Hub model repository (private unless --public)",
+        "Check EXPORT (the files transformers needs, the model card's YAML header and links), then upload it with "
+        "huggingface_hub; the token is HF_TOKEN or a `hf auth login`. --dry-run checks and lists the files, uploads nothing.",
+        "lmwright publish W/latest/export/hf --repo-id me/lmwright-tiny --dry-run",
+    ),
     "config": Command(
         "list every --set key with its default, or show the resolved config",
         "--list prints 'section.key  default  description' for every key --set accepts (defaults after the preset "
@@ -159,6 +165,12 @@ def parser() -> argparse.ArgumentParser:
 
     c = _subparser(sub, "status", OTHER["status"])
     c.add_argument("--workdir", help=f"the workdir to report on (default: ./{DEFAULT_WORKDIR})")
+
+    c = _subparser(sub, "publish", OTHER["publish"])
+    c.add_argument("export", help="an export directory (W/exports/export/<fingerprint>/hf)")
+    c.add_argument("--repo-id", required=True, help="the Hub repository, user/name or org/name")
+    c.add_argument("--dry-run", action="store_true", help="check and list the files; upload nothing")
+    c.add_argument("--public", action="store_true", help="make a new repository public (default: private)")
 
     c = _subparser(sub, "config", OTHER["config"])
     _config_options(c)
@@ -250,6 +262,8 @@ def run_command(args: argparse.Namespace) -> int:
         return generate(args)
     if args.command == "status":
         return status(Path(args.workdir or DEFAULT_WORKDIR))
+    if args.command == "publish":
+        return publish(args)
     config = resolve_config(args)
     if args.command == "config":
         return show_config(config, listing=args.list)
@@ -421,6 +435,21 @@ def stage_summary(path: Path) -> str:
     if (path / "hf" / "config.json").is_file():
         return f"export in {path / 'hf'}"
     return ""
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def publish(args: argparse.Namespace) -> int:
+    from lmwright.deployments.publish import publish as upload
+
+    plan = upload(Path(args.export), args.repo_id, public=args.public, dry_run=args.dry_run)
+    for name in plan.files:
+        print(name)
+    visibility = "public" if args.public else "private"
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(f"{verb} {len(plan.files)} files ({plan.bytes / 1e6:.1f} MB) to {args.repo_id} ({visibility})", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------- generate
