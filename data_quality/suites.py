@@ -4,6 +4,8 @@ What each stage's kept output must satisfy (every stage also gets ``common``):
 
 - common: columns id, text, source, uri, license exist; id, text, source, uri
   non-null; id unique within the shard; text is a string.
+- urlfilter: column url exists; no kept URL matches a block-list pattern (``params.patterns``;
+  listed domains are matched by a join the suite does not repeat).
 - normalize: no C0/C1 control characters other than \\n and \\t (so no \\r).
 - langid: columns lang, lang_prob exist; lang in ``params.languages`` (unless None);
   ``params.min_prob <= lang_prob <= 1``.
@@ -30,7 +32,7 @@ from typing import Any, Callable, Sequence
 DOC_COLUMNS = ("id", "text", "source", "uri", "license")
 NON_NULL = ("id", "text", "source", "uri")
 SIGNAL_PREFIXES = ("gopher_", "c4_", "fineweb_")
-STAGES = ("ingest", "normalize", "langid", "quality", "pii", "bias", "dedup")
+STAGES = ("ingest", "urlfilter", "normalize", "langid", "quality", "pii", "bias", "dedup")
 
 
 def _param(params: Any, name: str, default: Any) -> Any:
@@ -50,6 +52,17 @@ def _common() -> list[Any]:
         # Not ...ToBeInTypeList: it always fails on pandas-3 "str" columns (shared/NOTES.md).
         e.ExpectColumnValuesToBeOfType(column="text", type_="str"),
     ]
+
+
+def _urlfilter(params: Any, columns: Sequence[str]) -> list[Any]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    out = [e.ExpectColumnToExist(column="url")]
+    if patterns := _param(params, "patterns", None):
+        # The stage matches the lowercased URL; the expectation sees it as stored, hence (?i).
+        out.append(e.ExpectColumnValuesToNotMatchRegexList(column="url", regex_list=[f"(?i){p}" for p in patterns]))
+    return out
 
 
 def _normalize(params: Any, columns: Sequence[str]) -> list[Any]:
@@ -104,6 +117,7 @@ def _dedup(params: Any, columns: Sequence[str]) -> list[Any]:
 
 
 _STAGE_SUITES: dict[str, Callable[[Any, Sequence[str]], list[Any]]] = {
+    "urlfilter": _urlfilter,
     "normalize": _normalize,
     "langid": _langid,
     "quality": _quality,
@@ -126,6 +140,7 @@ def shard_suite(stage: str, params: Any, signal_cols: Sequence[str]) -> tuple[st
         "any_languages": _param(params, "languages", None) is not None if stage == "langid" else None,
         "min_prob": _param(params, "min_prob", 0.0) if stage == "langid" else None,
         "signals": list(signal_cols) if stage == "quality" else None,
+        "patterns": _param(params, "lists_sha256", None) if stage == "urlfilter" else None,
     }
     digest = hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:10]
     extra = _STAGE_SUITES.get(stage)

@@ -1,0 +1,145 @@
+"""Byte streams shared by the readers: files opened locally or through fsspec, decompressed frame by
+frame with truncation recorded (never raised), bounded line reading, strict UTF-8 decoding."""
+
+from __future__ import annotations
+
+import io
+import zlib
+from typing import IO, Callable, Iterator, Protocol
+
+import fsspec
+
+from lmwright.tasks.curate.sources.spec import Rejected
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open a file (local or fsspec) decompressing by suffix; errors surface while reading.
+
+    A compressed file that ends early gives every byte before the cut, then EOF; its
+    ``truncation_problem`` says so (gzip's own reader raises and loses its buffered lines,
+    zstandard's readers end silently).
+    """
+    raw = fsspec.open(path, "rb").open()
+    lower = path.lower()
+    if lower.endswith((".gz", ".gzip")):
+        return Decompressed(raw, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))
+    if lower.endswith(".zst"):
+        import zstandard
+
+        return Decompressed(raw, lambda: zstandard.ZstdDecompressor().decompressobj())
+    return raw
+
+
+class _Decoder(Protocol):
+    eof: bool
+    unused_data: bytes
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+class _DecompressedRaw(io.RawIOBase):
+    """Decompresses frame after frame (concatenated gzip members, zstd frames); an input that
+    ends inside a frame, or corrupt data, ends the stream and records ``problem``."""
+
+    # Small input reads bound the output held at once (~4 MB for gzip's worst ratio).
+    INPUT_CHUNK = 4096
+
+    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder]):
+        self._raw, self._new_decoder = raw, new_decoder
+        self._decoder = new_decoder()
+        self._inside_frame = False
+        self._out, self._pos, self._ended = b"", 0, False
+        self.problem: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        while self._pos >= len(self._out) and not self._ended:
+            self._out, self._pos = self._decode(self._raw.read(self.INPUT_CHUNK)), 0
+        n = min(len(b), len(self._out) - self._pos)
+        b[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def _decode(self, data: bytes) -> bytes:
+        if not data:
+            self._ended = True
+            if self._inside_frame:
+                self.problem = "the compressed stream ends before its end marker (truncated)"
+            return b""
+        out = []
+        while data:
+            try:
+                out.append(self._decoder.decompress(data))
+            except Exception as e:  # zlib.error, zstandard.ZstdError: corrupt input
+                self._ended = True
+                self.problem = f"corrupt compressed data: {type(e).__name__}: {e}"
+                break
+            self._inside_frame = not self._decoder.eof
+            if self._inside_frame:
+                break
+            data = self._decoder.unused_data
+            if not data.strip(b"\x00"):  # trailing zero padding after the last gzip member
+                break
+            self._decoder = self._new_decoder()
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class Decompressed(io.BufferedReader):
+    """A buffered, decompressing stream; ``truncation_problem`` is set once a cut input is read to its end."""
+
+    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder]):
+        super().__init__(_DecompressedRaw(raw, new_decoder), buffer_size=1 << 16)
+
+    @property
+    def truncation_problem(self) -> str | None:
+        return self.raw.problem  # type: ignore[attr-defined]
+
+
+def truncation_problem(f: IO[bytes]) -> str | None:
+    """Why a stream from ``open_binary`` ended early (truncated or corrupt), once read to its end; else None."""
+    return getattr(f, "truncation_problem", None)
+
+
+READ_ERRORS = (EOFError, OSError, zlib.error, ValueError)
+
+
+def decode_utf8(data: bytes) -> tuple[str | None, str]:
+    """(text, "") or (None, detail) naming the first bad byte."""
+    try:
+        return data.decode("utf-8"), ""
+    except UnicodeDecodeError as e:
+        return None, f"invalid UTF-8 at byte {e.start}: {data[e.start:e.start + 4]!r}"
+
+
+def bounded_lines(f: IO[bytes], limit: int) -> Iterator[tuple[bytes, int]]:
+    """Lines split on b'\\n' only (U+2028 inside JSON strings stays), each with its full size;
+    a line longer than ``limit`` is yielded as b'' with its size, never held in memory whole."""
+    buf = io.BufferedReader(f) if not isinstance(f, io.BufferedReader) else f  # type: ignore[arg-type]
+    while True:
+        line = buf.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            size = len(line)
+            while True:
+                rest = buf.readline(1 << 20)
+                size += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield b"", size
+        else:
+            yield line, len(line)
+
+
+def truncated_tail(line_no: int, problem: str, partial: bytes) -> Rejected:
+    """The incomplete tail of a cut file, with the line it starts on."""
+    detail = f"{problem}: stopped after line {line_no - 1}"
+    if partial:
+        detail += f"; line {line_no} is incomplete ({len(partial)} bytes)"
+    return Rejected("ingest_truncated", f"L{line_no}", detail, partial.decode("utf-8", "replace"))
