@@ -26,7 +26,7 @@ from lmwright.flows.config import CurateConfig, PipelineConfig, load_config
 from lmwright.flows.curate import curate
 from lmwright.flows.pipeline import Until, pipeline
 from lmwright.flows.refresh import refresh
-from lmwright.tasks.refresh.versions import RefreshSettings
+from lmwright.tasks.refresh.settings import RefreshSettings
 
 
 def leaf_fields(schema: dict[str, Any]) -> int:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lmwright.data_quality import ValidationSettings
 from lmwright.tasks.core.shipped import CONFIG_DIR
 from lmwright.tasks.curate.bias import BiasAuditParams, BiasParams
-from lmwright.tasks.curate.dedup import DedupParams
+from lmwright.tasks.curate.dedup.params import DedupParams
 from lmwright.tasks.core.energy import CarbonWindow, EnergySettings
 from lmwright.tasks.core.errors import UserError
 from lmwright.tasks.curate.ingest import IngestParams
@@ -26,7 +26,7 @@ from lmwright.tasks.curate.license import LicenseParams
 from lmwright.tasks.curate.normalize import NormalizeParams
 from lmwright.tasks.curate.pii import PiiParams
 from lmwright.tasks.curate.quality import QualityParams
-from lmwright.tasks.refresh.versions import RefreshSettings
+from lmwright.tasks.refresh.settings import RefreshSettings
 from lmwright.tasks.curate.retention import RejectedSettings, RetentionSettings
 from lmwright.tasks.train.sft import SftDataParams
 from lmwright.tasks.train.tokenize import TokenizeParams

@@ -13,7 +13,7 @@ from lmwright.flows.forms import DEFAULT_PRESET, CurateForm, resolve_config
 from lmwright.tasks.curate.bias import BIAS_STAGE
 from lmwright.tasks.curate.card import CardInputs, card_work, require_documents, write_card
 from lmwright.tasks.core.dataset import DatasetRef
-from lmwright.tasks.curate.dedup import run_dedup
+from lmwright.tasks.curate.dedup.stage import run_dedup
 from lmwright.tasks.curate.ingest import run_ingest
 from lmwright.tasks.curate.langid import LANGID_STAGE
 from lmwright.tasks.curate.license import LICENSE_STAGE, resolve_optouts

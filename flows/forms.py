@@ -25,7 +25,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from lmwright.flows.config import CurateConfig, PipelineConfig, build_config, preset_path, read_yaml
 from lmwright.flows.config import _section_model as section_model
-from lmwright.tasks.refresh.versions import RefreshSettings
+from lmwright.tasks.refresh.settings import RefreshSettings
 from lmwright.tasks.curate.sources import SourceInput, SourceSpec
 
 C = TypeVar("C", bound=BaseModel)

@@ -4,7 +4,7 @@ evaluate, promote if the gate passes, and commit a new immutable corpus version.
 
 Crash safety: every step is a cached stage keyed by its output fingerprint, the plan (base
 model, tokenizer) is saved before work starts, and the corpus version, its index file and
-the ledger are written whole at the end (see tasks/refresh/versions.py), so a refresh killed anywhere
+the ledger are written whole at the end (see tasks/refresh/versions.py and ledger.py), so a refresh killed anywhere
 and run again finishes the same work and never writes a document twice.
 """
 
@@ -27,36 +27,19 @@ from lmwright.tasks.core.dataset import DatasetRef, file_sha256, is_complete
 from lmwright.tasks.core.energy import wait_for_window
 from lmwright.models.run import ModelRef
 from lmwright.tasks.train.modeling import evaluate_model, finetune_model, model_work, pretrain_model
-from lmwright.tasks.refresh.versions import (
-    NOTHING_NEW,
-    REASON_ID,
-    REASON_PREVIOUS,
-    Ledger,
-    RefreshPlan,
-    RefreshSettings,
-    commit_version,
-    content_addressed_tokenizer,
-    dataset_entry,
-    index_params_of,
-    ledger_path,
-    new_source_specs,
-    next_version,
-    pending_path,
-    plan_refresh,
-    read_latest,
-    refresh_lock,
-    repair_ledger,
-    run_mix,
-    run_previous_dedup,
-    scan_sources,
-    write_ledger,
-)
+from lmwright.tasks.refresh.ledger import Ledger, ledger_path, new_source_specs, repair_ledger, scan_sources, write_ledger
+from lmwright.tasks.refresh.mix import run_mix
+from lmwright.tasks.refresh.plan import RefreshPlan, content_addressed_tokenizer, pending_path, plan_refresh, refresh_lock
+from lmwright.tasks.refresh.previous_dedup import REASON_ID, REASON_PREVIOUS, index_params_of, run_previous_dedup
+from lmwright.tasks.refresh.settings import RefreshSettings
+from lmwright.tasks.refresh.versions import commit_version, dataset_entry, next_version, read_latest
 from lmwright.tasks.train.sft import run_sft_data
 from lmwright.tasks.curate.sources import SourceInput
 from lmwright.tasks.curate.license import LicenseParams, resolve_optouts
 from lmwright.tasks.core.results import PERSISTED_RESULTS
 from lmwright.tasks.core.stage import plan_stage
-from lmwright.tasks.train.tokenize import TOKENIZER_FILE, TokenDatasetRef, TokenizeParams, run_tokenize
+from lmwright.tasks.train.token_dataset import TOKENIZER_FILE, TokenDatasetRef
+from lmwright.tasks.train.tokenize import TokenizeParams, run_tokenize
 from lmwright.tasks.refresh.withdraw import (
     consent_params,
     find_withdrawn,
@@ -67,6 +50,7 @@ from lmwright.tasks.refresh.withdraw import (
 )
 
 REPORT_KEY = "refresh-report"
+NOTHING_NEW = "nothing new"  # how a refresh that adds nothing starts its message
 
 
 class RefreshResult(BaseModel):

@@ -8,23 +8,23 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import lmwright.tasks.refresh.versions as refresh_tasks
+import lmwright.tasks.refresh.versions as versions
 from lmwright.flows.config import PipelineConfig, load_config
 from lmwright.flows.refresh import RefreshResult, refresh
 from lmwright.tasks.core.dataset import DatasetRef
-from lmwright.tasks.curate.dedup import DedupParams
-from lmwright.tasks.refresh.versions import (
+from lmwright.tasks.curate.dedup.params import DedupParams
+from lmwright.tasks.refresh.ledger import ledger_path
+from lmwright.tasks.refresh.mix import replay_budget
+from lmwright.tasks.refresh.previous_dedup import (
     EXACT_BAND,
     REASON_ID,
     REASON_PREVIOUS,
     PreviousDedupParams,
-    RefreshSettings,
     apply_previous_dedup,
     index_rows,
-    read_latest,
-    replay_budget,
-    version_parts,
 )
+from lmwright.tasks.refresh.settings import RefreshSettings
+from lmwright.tasks.refresh.versions import read_latest, version_parts
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -176,17 +176,17 @@ def test_refresh_killed_before_commit_then_rerun(
     config = refresh_config(work, src)
 
     # (4) a kill after curate, training and the index file, before the version manifest
-    real_write_json = refresh_tasks.write_json
+    real_write_json = versions.write_json
 
     def dying(path: Path, value: object) -> None:
         if path.name == "manifest.json" and path.parent.parent.name == "corpus":
             raise SimulatedKill("simulated kill -9 during the commit")
         real_write_json(path, value)
 
-    monkeypatch.setattr(refresh_tasks, "write_json", dying)
+    monkeypatch.setattr(versions, "write_json", dying)
     with pytest.raises(SimulatedKill):
         refresh(config, SETTINGS)
-    monkeypatch.setattr(refresh_tasks, "write_json", real_write_json)
+    monkeypatch.setattr(versions, "write_json", real_write_json)
     assert (work / "refresh" / "index" / "v0001.parquet").is_file()  # written, but not committed
     assert not (work / "corpus" / "latest.json").exists() and not (work / "refresh" / "ledger.json").exists()
     assert (work / "refresh" / "pending.json").is_file()
@@ -201,17 +201,17 @@ def test_refresh_killed_before_commit_then_rerun(
 
     # a kill between moving latest.json and rewriting ledger.json: the ledger is repaired, nothing redone
     write_paragraphs(src / "moby.txt", books["moby"][:80])
-    real_write_ledger = refresh_tasks.write_ledger
+    real_write_ledger = versions.write_ledger
 
     def dying_ledger(path: Path, ledger: object) -> None:
-        if path == refresh_tasks.ledger_path(work.resolve()):
+        if path == ledger_path(work.resolve()):
             raise SimulatedKill("simulated kill after the commit")
         real_write_ledger(path, ledger)
 
-    monkeypatch.setattr(refresh_tasks, "write_ledger", dying_ledger)
+    monkeypatch.setattr(versions, "write_ledger", dying_ledger)
     with pytest.raises(SimulatedKill):
         refresh(config, SETTINGS)
-    monkeypatch.setattr(refresh_tasks, "write_ledger", real_write_ledger)
+    monkeypatch.setattr(versions, "write_ledger", real_write_ledger)
     after = refresh(config, SETTINGS)
     assert after.message.startswith("nothing new") and after.version == "v0002", after.message
     v2 = read_latest(work)

@@ -1,0 +1,198 @@
+"""The replay mix: the tokens continued pretraining trains on.
+
+A refresh's new tokens plus a replay sample of earlier versions' tokens (against forgetting):
+whole documents chosen by a hash of their id, in the same split they had, so no document is in
+both. Stage ``refresh_mix`` writes a token dataset like tokenize's (train.bin, val.bin,
+docs.parquet, meta.json with a ``mix`` section, manifest last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import get_run_logger
+from pydantic import BaseModel
+
+from lmwright.data_quality import DataQualityError
+from lmwright.tasks.core.dataset import canonical_json, file_sha256
+from lmwright.tasks.core.files import atomic_copy, atomic_path, write_json
+from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
+from lmwright.tasks.refresh.settings import RefreshSettings
+from lmwright.tasks.train.token_dataset import DOCS_FILE, META_FILE, TOKENIZER_FILE, TokenDatasetRef
+
+VERSION = "1"
+MIX_STAGE = "refresh_mix"
+
+
+class MixParams(BaseModel):
+    """How new token arrays and a replay sample of old ones become one training set."""
+
+    replay_fraction: float
+    seed: int
+    min_val_tokens: int
+
+
+def _doc_hash(salt: str, doc_id: str) -> float:
+    h = hashlib.blake2b(f"{salt}\x00{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+def replay_budget(new_tokens: int, fraction: float) -> int:
+    return int(round(new_tokens * fraction / (1.0 - fraction))) if fraction > 0 else 0
+
+
+def _sample(pool: pl.DataFrame, budget: int, salt: str) -> pl.DataFrame:
+    """Whole documents chosen by id hash until ``budget`` tokens (deterministic)."""
+    if budget <= 0 or not pool.height:
+        return pool.head(0)
+    ranked = pool.with_columns(
+        pl.Series("_h", [_doc_hash(salt, i) for i in pool["id"].to_list()], dtype=pl.Float64)
+    ).sort("_h")
+    before = ranked["tokens"].cum_sum() - ranked["tokens"]
+    return ranked.filter(before < budget).drop("_h")
+
+
+@stage_task(task_run_name="refresh-mix")
+def mix_tokens(
+    work: StageWork, new: TokenDatasetRef, old: list[TokenDatasetRef], params: MixParams, min_val: int
+) -> TokenDatasetRef:
+    """train.bin/val.bin = new tokens + a replay sample of old ones (whole documents, same split)."""
+    out = Path(work.out_dir)
+    if work.done():
+        return TokenDatasetRef(str(out), work.fingerprint)
+    start = time.perf_counter()
+    meta = new.meta()
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    for r in old:
+        if r.meta()["dtype"] != meta["dtype"] or r.meta()["vocab_size"] != meta["vocab_size"]:
+            raise ValueError(f"replay tokens {r.path} do not match the new tokens' vocabulary")
+    # Replay candidates: old documents present in their .bin (a mixture may have left some out), one copy each.
+    pools = [packed_docs(r).with_columns(pl.lit(k + 1).alias("origin")) for k, r in enumerate(old)]
+    pool = pl.concat(pools, how="diagonal_relaxed") if pools else None
+    salt = f"replay:{params.seed}:{new.fingerprint}"
+    new_val = meta["tokens"]["val"]
+    budgets = {
+        "train": replay_budget(meta["tokens"]["train"], params.replay_fraction),
+        "val": max(replay_budget(new_val, params.replay_fraction), max(params.min_val_tokens, min_val) - new_val),
+    }
+    new_docs = new.docs().with_columns(pl.lit(0).alias("origin"))
+    index: list[pl.DataFrame] = []
+    replayed: dict[str, pl.DataFrame] = {}
+    for split in ("train", "val"):
+        chosen = pool.filter(pl.col("split") == split) if pool is not None else None
+        replay = _sample(chosen, budgets[split], f"{salt}:{split}") if chosen is not None else None
+        replay = replay.sort("origin", "offset") if replay is not None else None
+        # the new split exactly as tokenize packed it (mixture repeats included), then the replay documents
+        base = int(meta["tokens"][split])
+        _write_split(out / f"{split}.bin", new.dir / meta["files"][split], old, replay, split, dtype)
+        if replay is not None and replay.height:
+            replay = replay.with_columns(
+                (base + pl.col("tokens").cum_sum() - pl.col("tokens")).alias("offset"), pl.lit(1).alias("repeats")
+            )
+            replayed[split] = replay
+        mine = new_docs.filter(pl.col("split") == split)
+        index += [mine] + ([replayed[split]] if split in replayed else [])
+    docs = pl.concat(index, how="diagonal_relaxed")
+    with atomic_path(out / DOCS_FILE) as tmp:
+        docs.write_parquet(tmp, compression="zstd")
+    atomic_copy(new.dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    mixed_meta = json.loads(json.dumps(meta))
+    replay_tokens = {s: int(replayed[s]["tokens"].sum()) if s in replayed else 0 for s in ("train", "val")}
+    for split in ("train", "val"):
+        extra = replayed.get(split)
+        mixed_meta["tokens"][split] = int(meta["tokens"][split]) + replay_tokens[split]
+        mixed_meta["docs"][split] = int(meta["docs"][split]) + (extra.height if extra is not None else 0)
+        mixed_meta["bytes"][split] = int(meta["bytes"][split]) + (int(extra["bytes"].sum()) if extra is not None else 0)
+        t = mixed_meta["tokens"][split]
+        mixed_meta["bytes_per_token"][split] = round(mixed_meta["bytes"][split] / t, 6) if t else None
+    mix_info = {
+        "new": new.path,
+        "replay_from": [r.path for r in old],
+        "replay_fraction": params.replay_fraction,
+        "replay_tokens": replay_tokens,
+        "new_tokens": {s: int(meta["tokens"][s]) for s in ("train", "val")},
+    }
+    mixed_meta["mix"] = mix_info
+    write_json(out / META_FILE, mixed_meta)
+    _check_mix(out, mixed_meta, docs)
+    write_json(out / "stats.json", {"stage": MIX_STAGE, "fingerprint": work.fingerprint, **mix_info,
+                                    "seconds": round(time.perf_counter() - start, 4)})
+    files = {n: {"sha256": file_sha256(out / n), "bytes": (out / n).stat().st_size}
+             for n in ("train.bin", "val.bin", TOKENIZER_FILE, DOCS_FILE, META_FILE)}
+    write_json(out / "manifest.json", {
+        "stage": MIX_STAGE, "fingerprint": work.fingerprint, "version": VERSION,
+        "params": json.loads(canonical_json(params)),
+        "inputs": [{"path": r.path, "fingerprint": r.fingerprint} for r in [new, *old]],
+        "dtype": meta["dtype"], "vocab_size": meta["vocab_size"],
+        "tokens": mixed_meta["tokens"], "docs": mixed_meta["docs"], "files": files,
+    })  # LAST
+    get_run_logger().info(
+        "mix: %d new + %d replay train tokens, %d new + %d replay val tokens",
+        mix_info["new_tokens"]["train"], mix_info["replay_tokens"]["train"],
+        mix_info["new_tokens"]["val"], mix_info["replay_tokens"]["val"],
+    )
+    return TokenDatasetRef(str(out), work.fingerprint)
+
+
+def packed_docs(ref: TokenDatasetRef) -> pl.DataFrame:
+    """The documents whose tokens are in the .bin files (a mixture may have left some out), one row each."""
+    docs = ref.docs()
+    if "repeats" in docs.columns:
+        docs = docs.filter(pl.col("repeats") > 0)
+    return docs.filter(pl.col("offset").is_not_null())
+
+
+def _write_split(
+    dest: Path, new_bin: Path, old: list[TokenDatasetRef], replay: pl.DataFrame | None, split: str, dtype: np.dtype
+) -> None:
+    """The new split's .bin copied whole, then each replay document's token range (tmp + rename)."""
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        with open(new_bin, "rb") as src:
+            shutil.copyfileobj(src, f, 16 << 20)
+        if replay is not None and replay.height:
+            arrays = {k: old[k - 1].tokens(split) for k in set(replay["origin"].to_list())}
+            for origin, offset, n in replay.select("origin", "offset", "tokens").iter_rows():
+                f.write(np.asarray(arrays[origin][offset : offset + n], dtype=dtype).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_mix(out: Path, meta: dict[str, Any], docs: pl.DataFrame) -> None:
+    """Before the manifest: counts agree, ids < vocab, every document once and in one split."""
+    problems = []
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    for split in ("train", "val"):
+        size = (out / f"{split}.bin").stat().st_size // dtype.itemsize
+        if size != meta["tokens"][split]:
+            problems.append(f"{split}.bin has {size} tokens, meta.json says {meta['tokens'][split]}")
+        if size:
+            top = int(np.max(np.memmap(out / f"{split}.bin", dtype=dtype, mode="r")))
+            if top >= meta["vocab_size"]:
+                problems.append(f"{split}.bin has token id {top} >= vocab size {meta['vocab_size']}")
+    repeated = docs.filter(pl.col("id").is_duplicated())["id"].unique().head(3).to_list()
+    if repeated:
+        problems.append(f"documents in the mix twice (or in both splits), e.g. {repeated}")
+    if problems:
+        raise DataQualityError(f"data quality FAILED: stage {MIX_STAGE!r}\n  " + "\n  ".join(problems))
+
+
+def run_mix(
+    workdir: str | Path, new: TokenDatasetRef, old: list[TokenDatasetRef], settings: RefreshSettings, block_size: int
+) -> TokenDatasetRef:
+    """The flow-side half of the mix: no replay pool (or fraction 0) gives the new tokens unchanged."""
+    if not old or settings.replay_fraction == 0:
+        return new
+    params = MixParams(replay_fraction=settings.replay_fraction, seed=settings.replay_seed,
+                       min_val_tokens=settings.min_val_tokens)
+    min_val = 2 * (block_size + 1)
+    work = plan_stage(workdir, MIX_STAGE, VERSION, {"mix": params, "min_val": min_val},
+                      [new.fingerprint, *[r.fingerprint for r in old]])
+    return mix_tokens(work, new, old, params, min_val)
