@@ -9,7 +9,7 @@ from lmwright.tasks.core.dataset import (
     DatasetRef,
     IncompleteDatasetError,
     fingerprint,
-    read_shard_stats,
+    ShardStats,
     split_decisions,
     write_manifest,
     write_shard,
@@ -32,7 +32,8 @@ def test_split_write_and_manifest_round_trip(tmp_path: Path) -> None:
     kept, rejected = split_decisions(docs, "s")
     assert kept.columns == ["id", "text"] and rejected["stage"].to_list() == ["s"]
     stats = write_shard(tmp_path, "part-00000", "s", 3, 6, kept, rejected, 0.1)
-    assert read_shard_stats(tmp_path, "part-00000") == stats
+    assert ShardStats.from_json(stats.to_json()) == stats  # what a step's marker holds
+    assert not (tmp_path / "stats").exists()  # the marker is the step's to write (stage_step), not the writer's
     assert stats.reasons == {"r_short": 1}
     with pytest.raises(IncompleteDatasetError):
         DatasetRef("s", "fp", str(tmp_path)).parts()

@@ -218,7 +218,7 @@ def write_shard(
     energy: dict[str, Any] | None = None,
     counts: dict[str, int] | None = None,
 ) -> ShardStats:
-    """Write one shard's kept and rejected documents, then its stats file (the shard's completion marker)."""
+    """Write one shard's kept and rejected documents; its stats are the caller's to record (a step's marker)."""
     stats = ShardStats(
         shard=shard,
         docs_in=docs_in,
@@ -239,19 +239,11 @@ def write_shard(
     write_parquet(kept, out_dir / f"{shard}.parquet")
     if rejected.height:
         write_parquet(rejected, out_dir / "rejected" / f"{shard}.parquet")
-    write_json(shard_stats_path(out_dir, shard), stats.to_json())
     return stats
 
 
 def shard_stats_path(out_dir: Path, shard: str) -> Path:
     return out_dir / "stats" / f"{shard}.json"
-
-
-def read_shard_stats(out_dir: Path, shard: str) -> ShardStats | None:
-    p = shard_stats_path(out_dir, shard)
-    if not p.is_file():
-        return None
-    return ShardStats.from_json(json.loads(p.read_text()))
 
 
 def shard_name(path: Path | str) -> str:
@@ -294,7 +286,7 @@ def finalize_dataset(
     return stats
 
 
-def write_manifest(
+def manifest_of(
     out_dir: Path,
     stage: str,
     fp: str,
@@ -302,8 +294,8 @@ def write_manifest(
     version: str,
     inputs: Sequence[DatasetRef],
     shards: Sequence[ShardStats],
-) -> DatasetRef:
-    """Write manifest.json last and atomically: from now on the dataset exists."""
+) -> dict[str, Any]:
+    """What manifest.json says of a dataset: shards with row counts and hashes, schema, params, inputs."""
     shard_entries = []
     schema: dict[str, str] = {}
     for s in sorted(shards, key=lambda s: s.shard):
@@ -323,7 +315,21 @@ def write_manifest(
         "shards": shard_entries,
         "rejected_shards": [f"rejected/{n}" for n in rejected],
     }
-    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def write_manifest(
+    out_dir: Path,
+    stage: str,
+    fp: str,
+    params: Any,
+    version: str,
+    inputs: Sequence[DatasetRef],
+    shards: Sequence[ShardStats],
+) -> DatasetRef:
+    """Write manifest.json last and atomically: from now on the dataset exists (a stage's
+    ``finalize_stage`` does it through ``stage_step``; this is for datasets made outside a flow)."""
+    write_json(out_dir / MANIFEST, manifest_of(out_dir, stage, fp, params, version, inputs, shards))
     return DatasetRef(stage=stage, fingerprint=fp, path=str(out_dir))
 
 

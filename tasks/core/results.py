@@ -146,10 +146,13 @@ class TypedJSONSerializer(Serializer):
 
 
 def check_record(content: bytes, where: str) -> None:
-    """Raise UnsafeResultError unless ``content`` is a record that names TypedJSONSerializer.
+    """Raise UnsafeResultError unless ``content`` is a record that names TypedJSONSerializer and
+    holds a value this version of lmwright builds.
 
     Content that is not JSON at all (a record being written, a truncated file) passes: Prefect
-    cannot parse it either and falls back to the task's serializer, which is ours.
+    cannot parse it either and falls back to the task's serializer, which is ours. A record of a
+    class that has changed since it was written (a ref with other fields, a class that moved) is
+    refused too: for the cache that is a miss and the task runs again, not a crash on reading it.
     """
     try:
         record = json.loads(content)
@@ -163,6 +166,15 @@ def check_record(content: bytes, where: str) -> None:
             f"result record {where} was not written by lmwright (serializer {kind!r}, expected "
             f"{SERIALIZER_TYPE!r}): refused and deleted, never deserialized; the task runs again"
         )
+    try:
+        decode(json.loads(record["result"]))
+    except UnsafeResultError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        raise UnsafeResultError(
+            f"result record {where} holds a value this version of lmwright does not build "
+            f"({type(e).__name__}: {str(e)[:200]}): deleted; the task runs again"
+        ) from None
 
 
 def refuse_foreign_record(store: Any, key: str) -> None:

@@ -5,15 +5,23 @@ A shard-wise stage is a ``ShardStage``: a name, a code version and a pure functi
 (null keeps the document; a namespaced string such as ``gopher_short_doc`` drops it).
 The function never counts, writes or logs drops: ``process_shard`` does, for every
 stage alike, and ``finalize_stage`` validates and writes the manifest last.
+
+Every step of every stage (a shard, a unit of work, a whole stage's output) has one body,
+``stage_step``: done -> what it wrote is read back; else it runs, metered, and its marker is
+written last.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar, Union
 
 import polars as pl
 from prefect import get_run_logger, task, unmapped
@@ -22,9 +30,9 @@ from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 
 from lmwright.data_quality import DataQualityError, ValidationSettings, validate_shard, validate_stage
-from lmwright.tasks.core.energy import EnergySettings, track
+from lmwright.tasks.core.energy import EnergyRecord, EnergySettings, track
 from lmwright.tasks.core.errors import UserError
-from lmwright.tasks.core.files import disk_errno, point_latest
+from lmwright.tasks.core.files import disk_errno, point_latest, write_json
 from lmwright.tasks.core.results import PERSISTED_RESULTS, RecordLocks, refuse_foreign_record
 from lmwright.tasks.core.progress import LiveProgress
 from lmwright.tasks.core.dataset import (
@@ -33,12 +41,11 @@ from lmwright.tasks.core.dataset import (
     finalize_dataset,
     fingerprint,
     is_complete,
-    read_shard_stats,
+    manifest_of,
     require_text,
     shard_name,
     split_decisions,
     text_bytes,
-    write_manifest,
     write_shard,
 )
 
@@ -84,6 +91,65 @@ class StageWork:
 
     def for_unit(self, unit: str) -> "StageWork":
         return StageWork(self.stage, self.fingerprint, self.out_dir, unit)
+
+
+R = TypeVar("R")
+Record = dict[str, Any]
+# What a step's body returns: the record its marker holds, or a function of the step's energy
+# record giving it, when the record needs more than the figures (training: tokens per joule).
+Made = Union[Record, Callable[[EnergyRecord], Record]]
+
+
+def read_marker(work: StageWork) -> Record:
+    """What a finished step recorded in its marker."""
+    return json.loads(work.marker.read_text())
+
+
+def latest_as_stage(work: StageWork) -> str:
+    return work.stage
+
+
+def stage_step(
+    read: Callable[[StageWork], Any] = read_marker,
+    *,
+    metered: bool = True,
+    latest: Callable[[StageWork], str] | None = None,
+) -> Callable[[Callable[..., Made]], Callable[..., Any]]:
+    """The one body of a cached step, for a function whose parameters include ``work`` (and ``energy``).
+
+    ``work`` done (an earlier run, or this run before a retry): ``read(work)``, and nothing runs.
+    Else the function runs (``metered``: under ``energy.track(work.stage, energy)``) and returns its
+    marker's record; a metered dict record gets the step's ``energy``. The record is written as
+    ``work.marker``, last: from then on the step is done. ``latest`` names the ``latest/`` pointer
+    set after it. A fresh run returns ``read(work)`` too, so it returns what a cached run would.
+    The cache policy (``StageOutputCache``) keys on the same ``work``: this guard is what a retry,
+    or a second run that waited for the first's lock, meets.
+    """
+
+    def decorate(body: Callable[..., Made]) -> Callable[..., Any]:
+        signature = inspect.signature(body)
+
+        @functools.wraps(body)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            call = signature.bind(*args, **kwargs)
+            call.apply_defaults()
+            work: StageWork = call.arguments["work"]
+            if work.done():
+                return read(work)
+            meter = track(work.stage, call.arguments.get("energy")) if metered else nullcontext(None)
+            with meter as used:
+                made = body(*args, **kwargs)
+            record = made(used) if callable(made) else made
+            if used is not None and not callable(made):
+                record = {**record, "energy": used.to_json()}
+            write_json(work.marker, record)  # last: the step is done
+            if latest is not None:
+                point_latest(work.out_dir, latest(work))
+            return read(work)
+
+        return step
+
+    return decorate
 
 
 def plan_stage(
@@ -162,7 +228,12 @@ stage_task = task(
 )
 
 
+def _shard_stats(work: StageWork) -> ShardStats:
+    return ShardStats.from_json(read_marker(work))
+
+
 @stage_task(task_run_name="{work.stage}-{work.unit}")
+@stage_step(read=_shard_stats)
 def process_shard(
     work: StageWork,
     stage: ShardStage,
@@ -170,32 +241,38 @@ def process_shard(
     params: Any,
     validation: ValidationSettings,
     energy: EnergySettings | None = None,
-) -> ShardStats:
-    """Run one stage on one shard: decide, split, validate, write kept + rejected + stats."""
-    if (done := read_shard_stats(Path(work.out_dir), work.unit)) is not None:
-        return done
+) -> Record:
+    """Run one stage on one shard: decide, split, validate, write kept + rejected; its stats are the marker."""
     start = time.perf_counter()
-    with track(stage.name, energy) as used:
-        docs = pl.read_parquet(input_part)
-        decided = stage.apply(docs, params)
-        kept, rejected = split_decisions(decided, stage.name)
-        validate_shard(stage.name, kept, rejected, params, validation, shard=work.unit)
-        counts = stage.count(docs, params) if stage.count else None
+    docs = pl.read_parquet(input_part)
+    decided = stage.apply(docs, params)
+    kept, rejected = split_decisions(decided, stage.name)
+    validate_shard(stage.name, kept, rejected, params, validation, shard=work.unit)
+    counts = stage.count(docs, params) if stage.count else {}
+    if decided.height != docs.height:
+        # A stage that splits documents (normalize cutting books into chunks) decides on the pieces:
+        # 'in' counts those, so in == kept + rejected holds; how many documents came in is a count.
+        counts = {**counts, "documents_received": docs.height, "documents_added_by_splitting": decided.height - docs.height}
     return write_shard(
         Path(work.out_dir),
         work.unit,
         stage.name,
-        docs_in=docs.height,
+        docs_in=decided.height,
         bytes_in=text_bytes(docs),
         kept=kept,
         rejected=rejected,
         seconds=time.perf_counter() - start,
-        energy=used.to_json(),
         counts=counts,
-    )
+    ).to_json()
+
+
+def dataset_of(work: StageWork) -> DatasetRef:
+    """The finished dataset ``work`` wrote."""
+    return DatasetRef(work.stage, work.fingerprint, work.out_dir)
 
 
 @stage_task(task_run_name="{work.stage}-finalize")
+@stage_step(read=dataset_of, metered=False, latest=latest_as_stage)
 def finalize_stage(
     work: StageWork,
     version: str,
@@ -204,15 +281,11 @@ def finalize_stage(
     shards: list[ShardStats],
     validation: ValidationSettings,
     extra_stats: dict[str, Any] | None = None,
-) -> DatasetRef:
-    """Check the stage as a whole (accounting, unique ids), write stats.json, then the manifest."""
+) -> Record:
+    """Check the stage as a whole (accounting, unique ids), write stats.json; the manifest is the marker."""
     out = Path(work.out_dir)
-    if work.done():
-        return DatasetRef(work.stage, work.fingerprint, str(out))
     validate_stage(work.stage, out, shards, params, validation)
     stats = finalize_dataset(out, work.stage, work.fingerprint, shards, extra_stats)
-    ref = write_manifest(out, work.stage, work.fingerprint, params, version, inputs, shards)
-    point_latest(out, work.stage)
     get_run_logger().info(
         "%s: %d in, %d kept, %d rejected %s",
         work.stage,
@@ -221,7 +294,7 @@ def finalize_stage(
         stats["rejected"],
         stats["rejected_by_reason"] or "",
     )
-    return ref
+    return manifest_of(out, work.stage, work.fingerprint, params, version, inputs, shards)
 
 
 def run_shard_stage(

@@ -6,7 +6,6 @@ after its manifest) and published as a Prefect markdown artifact.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,14 @@ from prefect import get_run_logger
 
 from lmwright.data_quality import DataQualityError, ValidationSettings
 from lmwright.tasks.curate.bias import BiasAuditParams, BiasParams, audit_to_json, bias_audit, fairness_violations, render_bias_markdown
-from lmwright.tasks.core.dataset import DatasetRef, atomic_write_text, fingerprint, write_json
+from lmwright.tasks.core.dataset import DatasetRef, atomic_write_text, fingerprint
 from lmwright.tasks.core.energy import energy_markdown, energy_table
 from lmwright.tasks.core.errors import UserError
 from lmwright.tasks.curate.license import LicenseParams, policy_summary, render_policy_markdown
 from lmwright.tasks.curate.mixture import diversity, render_diversity_markdown
 from lmwright.tasks.curate.quality.report import language_report, render_language_markdown
 from lmwright.tasks.curate.retention import RejectedSettings, RetentionSettings, render_retention_markdown
-from lmwright.tasks.core.stage import StageWork, stage_task
+from lmwright.tasks.core.stage import StageWork, read_marker, stage_step, stage_task
 from lmwright.tasks.curate.card_plots import card_figures, length_histogram
 from lmwright.tasks.core.plots import publish_png
 
@@ -337,40 +336,42 @@ def render_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@stage_task(task_run_name="card")
-def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], inputs: CardInputs) -> str:
-    """Assemble the data card from stats and the corpus; write card.md/card.json; publish it."""
-    out = Path(corpus.path)
-    if work.done():
-        card = json.loads((out / "card.json").read_text())
-    else:
-        license_stage = next((s for s in stages if s.stage == "license"), None)
-        quality_stage = next((s for s in stages if s.stage == "quality"), None)
-        unknown = int(corpus.scan().select(pl.col("license").is_null().sum()).collect().item())
-        card = {
-            "corpus": corpus.path,
-            "fingerprint": corpus.fingerprint,
-            "funnel": funnel(stages),
-            "files": skipped_files_summary(stages),
-            "profile": corpus_profile(corpus),
-            "diversity": diversity(corpus.scan()),
-            "license_policy": policy_summary(inputs.license, license_stage.stats() if license_stage else None, unknown),
-            "bias": audit_to_json(bias_audit(stages, inputs.bias, inputs.bias_audit)),
-            "duplicates": duplicate_summary(corpus),
-            "retention": {"intermediate_text": inputs.retention.intermediate_text, "rejected_keep_text": inputs.rejected.keep_text},
-            "thresholds": thresholds_used(stages),
-            "quality_by_language": language_report(quality_stage) if quality_stage else [],
-            "quality_defaults": quality_defaults(),
-            "rejected_examples": rejected_examples(stages),
-            "lengths": document_lengths(stages, corpus),
-        }
-        card["figures"] = list(card_figures(card, out))
-        check_fairness(card["bias"], inputs.validation)
-        atomic_write_text(out / "card.md", render_markdown(card))
-        write_json(out / "card.json", card)
-    create_markdown_artifact(
-        markdown=render_markdown(card), key=CARD_ARTIFACT_KEY, description=f"Data card of {corpus.path}"
-    )
+def published_card(work: CardWork) -> str:
+    """card.md's path; the card shown in the UI with its figures as images (a cached run's too)."""
+    out = Path(work.out_dir)
+    card = read_marker(work)
+    create_markdown_artifact(markdown=render_markdown(card), key=CARD_ARTIFACT_KEY, description=f"Data card of {out}")
     for name in card.get("figures", []):
         publish_png(out / f"card_{name}.png", f"data-card-{name}", f"Data card: {name}")
     return str(out / "card.md")
+
+
+@stage_task(task_run_name="card")
+@stage_step(read=published_card, metered=False)
+def write_card(work: StageWork, corpus: DatasetRef, stages: list[DatasetRef], inputs: CardInputs) -> dict[str, Any]:
+    """Assemble the data card from stats and the corpus; card.md and its figures beside it, card.json (the marker) last."""
+    out = Path(corpus.path)
+    license_stage = next((s for s in stages if s.stage == "license"), None)
+    quality_stage = next((s for s in stages if s.stage == "quality"), None)
+    unknown = int(corpus.scan().select(pl.col("license").is_null().sum()).collect().item())
+    card = {
+        "corpus": corpus.path,
+        "fingerprint": corpus.fingerprint,
+        "funnel": funnel(stages),
+        "files": skipped_files_summary(stages),
+        "profile": corpus_profile(corpus),
+        "diversity": diversity(corpus.scan()),
+        "license_policy": policy_summary(inputs.license, license_stage.stats() if license_stage else None, unknown),
+        "bias": audit_to_json(bias_audit(stages, inputs.bias, inputs.bias_audit)),
+        "duplicates": duplicate_summary(corpus),
+        "retention": {"intermediate_text": inputs.retention.intermediate_text, "rejected_keep_text": inputs.rejected.keep_text},
+        "thresholds": thresholds_used(stages),
+        "quality_by_language": language_report(quality_stage) if quality_stage else [],
+        "quality_defaults": quality_defaults(),
+        "rejected_examples": rejected_examples(stages),
+        "lengths": document_lengths(stages, corpus),
+    }
+    card["figures"] = list(card_figures(card, out))
+    check_fairness(card["bias"], inputs.validation)
+    atomic_write_text(out / "card.md", render_markdown(card))
+    return card

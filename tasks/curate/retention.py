@@ -20,7 +20,6 @@ rebuilds them from the sources: same inputs, same fingerprints, same documents.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmwright.tasks.core.dataset import RETENTION_MARKER as MARKER, DatasetRef, retention_of, write_json, write_parquet
 from lmwright.tasks.curate.pii import PiiParams, redact_text, scrub_identifiers
-from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
+from lmwright.tasks.core.stage import StageWork, plan_stage, stage_step, stage_task
 
 VERSION = "1"
 REJECT_KEEP = ("id", "reason", "stage", "detail")
@@ -137,6 +136,7 @@ def retention_work(
 
 
 @stage_task(task_run_name="retention")
+@stage_step(metered=False)
 def apply_retention(
     work: StageWork,
     intermediate: list[DatasetRef],
@@ -145,16 +145,11 @@ def apply_retention(
     pii: PiiParams,
 ) -> dict[str, Any]:
     """Drop or redact the intermediate datasets' text; the report (manifest.json) marks the step done."""
-    out = Path(work.out_dir)
-    if work.done():
-        return json.loads((out / "manifest.json").read_text())
-    report = {
+    return {
         "intermediate_text": retention.intermediate_text,
         "rejected_keep_text": rejected.keep_text,
         "datasets": [retain(d, retention, rejected, pii) for d in intermediate],
     }
-    write_json(out / "manifest.json", report)
-    return report
 
 
 def run_retention(

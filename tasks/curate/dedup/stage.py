@@ -6,7 +6,6 @@ describes the steps, which document of a cluster is kept, and the engines.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ import polars as pl
 from prefect import get_run_logger, unmapped
 
 from lmwright.data_quality import ValidationSettings
-from lmwright.tasks.core.dataset import DatasetRef, shard_name, write_json, write_parquet
-from lmwright.tasks.core.energy import EnergySettings, merge_energy, track
-from lmwright.tasks.core.stage import ShardStage, StageWork, finalize_stage, map_shards, plan_stage, stage_task
+from lmwright.tasks.core.dataset import DatasetRef, shard_name, write_parquet
+from lmwright.tasks.core.energy import EnergySettings, merge_energy
+from lmwright.tasks.core.stage import ShardStage, StageWork, finalize_stage, map_shards, plan_stage, stage_step, stage_task
 from lmwright.tasks.curate.dedup.dask_engine import cluster_files_dask
 from lmwright.tasks.curate.dedup.params import DEDUP_COLUMNS, PLACEMENT_FIELDS, STAGE, VERSION, DedupApplyParams, DedupParams
 from lmwright.tasks.curate.dedup.signatures import signature_frame
@@ -42,56 +41,47 @@ class IndexWork(StageWork):
 
 
 @stage_task(task_run_name="dedup-{work.unit}")
+@stage_step()
 def compute_signatures(
     work: IndexWork, input_part: str, params: DedupParams, energy: EnergySettings | None = None
 ) -> dict[str, Any]:
     """MinHash signatures + exact hashes of one shard -> signatures/<shard>.parquet."""
-    if work.done():
-        return json.loads(work.marker.read_text())
     start = time.perf_counter()
-    with track(STAGE, energy) as used:
-        docs = pl.read_parquet(input_part, columns=["id", "text"])
-        shard = shard_name(input_part)
-        frame = signature_frame(docs, shard, params)
-        path = Path(work.out_dir) / "signatures" / f"{shard}.parquet"
-        write_parquet(frame, path)
-    info = {
+    docs = pl.read_parquet(input_part, columns=["id", "text"])
+    shard = shard_name(input_part)
+    frame = signature_frame(docs, shard, params)
+    path = Path(work.out_dir) / "signatures" / f"{shard}.parquet"
+    write_parquet(frame, path)
+    return {
         "shard": shard,
         "path": str(path),
         "docs": docs.height,
         "bytes": int(docs["text"].str.len_bytes().sum() or 0),
         "shingles": int(frame["n_shingles"].sum() or 0),
         "seconds": round(time.perf_counter() - start, 4),
-        "energy": used.to_json(),
     }
-    write_json(work.marker, info)  # last: the unit is done
-    return info
 
 
 @stage_task(task_run_name="dedup-clusters")
+@stage_step()  # on the Dask engine the meter sees this process's share; the workers are not metered
 def find_clusters(
     work: IndexWork, signatures: list[str], params: DedupParams, energy: EnergySettings | None = None
 ) -> dict[str, Any]:
     """Exact + near-duplicate clusters of the whole input -> clusters.parquet (engine: params.engine)."""
-    if work.done():
-        return json.loads(work.marker.read_text())
     start = time.perf_counter()
     path = Path(work.out_dir) / "clusters.parquet"
-    with track(STAGE, energy) as used:  # on the Dask engine: this process's share; the workers are not metered
-        if params.engine == "dask":
-            counts = cluster_files_dask(signatures, params, path)
-        else:
-            # a spill directory of its own: a second run on this workdir must not delete this one's runs
-            spill = tempfile.mkdtemp(prefix="spill-", dir=work.out_dir)
-            counts = cluster_files(signatures, params, path, spill)
-    info = {"path": str(path), **counts, "seconds": round(time.perf_counter() - start, 4), "energy": used.to_json()}
-    write_json(work.marker, info)  # last
+    if params.engine == "dask":
+        counts = cluster_files_dask(signatures, params, path)
+    else:
+        # a spill directory of its own: a second run on this workdir must not delete this one's runs
+        spill = tempfile.mkdtemp(prefix="spill-", dir=work.out_dir)
+        counts = cluster_files(signatures, params, path, spill)
     get_run_logger().info(
         "dedup: %d docs, %d clusters, %d exact + %d near duplicates (%d candidate pairs, %d verified)",
         counts["docs"], counts["clusters"], counts["exact_duplicates"], counts["near_duplicates"],
         counts["candidate_pairs"], counts["verified_pairs"],
     )
-    return info
+    return {"path": str(path), **counts, "seconds": round(time.perf_counter() - start, 4)}
 
 
 def apply_dedup(docs: pl.DataFrame, params: DedupApplyParams) -> pl.DataFrame:
