@@ -28,6 +28,7 @@ from lmwright.tasks.curate.pii import PiiParams
 from lmwright.tasks.curate.quality import QualityParams
 from lmwright.tasks.refresh.settings import RefreshSettings
 from lmwright.tasks.curate.retention import RejectedSettings, RetentionSettings
+from lmwright.tasks.curate.urlfilter import UrlFilterParams
 from lmwright.tasks.train.sft import SftDataParams
 from lmwright.tasks.train.tokenize import TokenizeParams
 from lmwright.tasks.train.params import EvalParams, LoraParams, TrainParams  # not tasks.train.loop/evaluate: those import torch
@@ -58,6 +59,9 @@ class CurateConfig(BaseModel):
 
     workdir: str = Field(DEFAULT_WORKDIR, description="Directory for datasets, caches, Data Docs and reports.")
     ingest: IngestParams = Field(default_factory=IngestParams, description="Sources and how files become documents.")
+    urlfilter: UrlFilterParams = Field(
+        default_factory=UrlFilterParams, description="URL block lists (adult, spam): pages rejected before any text processing."
+    )
     license: LicenseParams = Field(default_factory=LicenseParams, description="License policy and the opt-out registry.")
     normalize: NormalizeParams = Field(default_factory=NormalizeParams, description="Unicode and whitespace normalization.")
     langid: LangidParams = Field(default_factory=LangidParams, description="Language identification and filtering.")

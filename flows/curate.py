@@ -19,9 +19,10 @@ from lmwright.tasks.curate.langid import LANGID_STAGE
 from lmwright.tasks.curate.license import LICENSE_STAGE, resolve_optouts
 from lmwright.tasks.curate.normalize import NORMALIZE_STAGE
 from lmwright.tasks.curate.pii import PII_STAGE, resolve_pii
-from lmwright.tasks.curate.quality import QUALITY_STAGE
+from lmwright.tasks.curate.quality import QUALITY_STAGE, resolve_quality
 from lmwright.tasks.core.dataset import TextDroppedError, forget_text_dropped, require_text
 from lmwright.tasks.curate.retention import run_retention
+from lmwright.tasks.curate.urlfilter import URLFILTER_STAGE, resolve_block_lists
 from lmwright.tasks.curate.sources import SourceInput
 from lmwright.tasks.core.results import PERSISTED_RESULTS
 from lmwright.tasks.core.stage import run_shard_stage
@@ -30,13 +31,9 @@ from lmwright.tasks.core.stage import run_shard_stage
 class CuratedCorpus(BaseModel):
     """What curate hands on: the corpus, its card, and every stage's dataset."""
 
-    corpus: str
+    corpus: DatasetRef
     card: str
-    stages: dict[str, str]
-
-    def corpus_ref(self) -> DatasetRef:
-        path = Path(self.corpus)
-        return DatasetRef(stage=path.parent.name, fingerprint=path.name, path=self.corpus)
+    stages: dict[str, DatasetRef]
 
 
 def resolved_validation(config: CurateConfig) -> CurateConfig:
@@ -54,7 +51,7 @@ def curate(
     workdir: str | None = None,
     sources: list[SourceInput] | None = None,
 ) -> CuratedCorpus:
-    """Ingest -> license -> normalize -> langid -> quality -> pii -> bias -> dedup -> data card.
+    """Ingest -> urlfilter -> license -> normalize -> langid -> quality -> pii -> bias -> dedup -> data card.
 
     Args:
         config: What this run changes in the preset; an empty field keeps the preset's value. A full config works too.
@@ -77,7 +74,7 @@ def curate(
     run_retention(workdir, before_pii, config.retention, config.rejected, resolve_pii(config.pii, workdir))
 
     get_run_logger().info("corpus: %s (%d documents)", corpus.path, corpus.manifest()["rows"])
-    return CuratedCorpus(corpus=corpus.path, card=card, stages={s.stage: s.path for s in stages})
+    return CuratedCorpus(corpus=corpus, card=card, stages={s.stage: s for s in stages})
 
 
 def curate_once(config: CurateConfig) -> tuple[list[DatasetRef], str]:
@@ -88,15 +85,16 @@ def curate_once(config: CurateConfig) -> tuple[list[DatasetRef], str]:
     raw = run_ingest(workdir, config.ingest, checks, energy)
     require_documents(raw, [raw])  # sources that give nothing: say so now, in one line
     # Transform: each stage keeps or rejects documents with a reason
-    licensed = run_shard_stage(workdir, LICENSE_STAGE, raw, resolve_optouts(config.license, workdir), checks, energy)
+    allowed = run_shard_stage(workdir, URLFILTER_STAGE, raw, resolve_block_lists(config.urlfilter, workdir), checks, energy)
+    licensed = run_shard_stage(workdir, LICENSE_STAGE, allowed, resolve_optouts(config.license, workdir), checks, energy)
     normalized = run_shard_stage(workdir, NORMALIZE_STAGE, licensed, config.normalize, checks, energy)
     identified = run_shard_stage(workdir, LANGID_STAGE, normalized, config.langid, checks, energy)
-    good = run_shard_stage(workdir, QUALITY_STAGE, identified, config.quality, checks, energy)
+    good = run_shard_stage(workdir, QUALITY_STAGE, identified, resolve_quality(config.quality), checks, energy)
     scrubbed = run_shard_stage(workdir, PII_STAGE, good, resolve_pii(config.pii, workdir), checks, energy)
     fair = run_shard_stage(workdir, BIAS_STAGE, scrubbed, config.bias, checks, energy)
     corpus = run_dedup(workdir, fair, config.dedup, checks, energy)
     # Report
-    stages = [raw, licensed, normalized, identified, good, scrubbed, fair, corpus]
+    stages = [raw, allowed, licensed, normalized, identified, good, scrubbed, fair, corpus]
     require_documents(corpus, stages)  # every document dropped: the message lists by whom, not a card over nothing
     report = CardInputs(
         license=config.license, bias=config.bias, bias_audit=config.bias_audit, validation=checks,
@@ -109,4 +107,4 @@ def curate_once(config: CurateConfig) -> tuple[list[DatasetRef], str]:
 
 
 if __name__ == "__main__":
-    print(curate().corpus)
+    print(curate().corpus.path)

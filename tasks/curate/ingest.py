@@ -1,29 +1,31 @@
 """ingest: sources -> documents with stable ids and provenance, shard by shard.
 
-Each source file is one unit of work (a mapped Prefect task). A unit streams its
-records into bounded shards ``part-<unit>-<k>``; bad input becomes rejected records
-whose ``uri`` names the file and line, so nothing is lost without a reason.
+Source files are packed into units of about ``shard_bytes`` (a larger file is a unit alone),
+and each unit is one mapped Prefect task: the number of task runs, and of shards every later
+stage maps over, follows bytes, not files. A unit streams its records into bounded shards
+``part-<unit>-<k>``; bad input becomes rejected records whose ``uri`` names the file and line
+(or byte offset), so nothing is lost without a reason.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import polars as pl
 from prefect import get_run_logger, unmapped
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmwright.data_quality import ValidationSettings, validate_shard
-from lmwright.tasks.core.energy import EnergySettings, track
+from lmwright.tasks.core.energy import EnergyRecord, EnergySettings
 from lmwright.tasks.curate.license import normalize_license
-from lmwright.tasks.core.dataset import DOC_SCHEMA, DatasetRef, ShardStats, text_bytes, write_json, write_shard
+from lmwright.tasks.core.dataset import DOC_SCHEMA, DatasetRef, ShardStats, shard_stats_path, text_bytes, write_json, write_shard
 from lmwright.tasks.curate.sources import (
     BUILTINS,
+    HtmlExtraction,
     Record,
     Rejected,
     SourceFile,
@@ -33,9 +35,9 @@ from lmwright.tasks.curate.sources import (
     pydocs_fingerprint_input,
     read_records,
 )
-from lmwright.tasks.core.stage import StageWork, finalize_stage, plan_stage, stage_task
+from lmwright.tasks.core.stage import Made, StageWork, finalize_stage, plan_stage, read_marker, stage_step, stage_task
 
-VERSION = "1"
+VERSION = "2"  # 2: small files packed into units by bytes; WARC columns (warc_date, content_type, warc_record_id)
 
 
 class IngestParams(BaseModel):
@@ -54,7 +56,13 @@ class IngestParams(BaseModel):
         16 << 20, gt=0, description="Documents larger than this are rejected (ingest_doc_too_large), never loaded whole."
     )
     shard_docs: int = Field(20_000, gt=0, description="At most this many documents per output shard.")
-    shard_bytes: int = Field(128 << 20, gt=0, description="At most about this many text bytes per output shard.")
+    shard_bytes: int = Field(
+        128 << 20,
+        gt=0,
+        description="At most about this many text bytes per output shard; smaller files are read together, one task run "
+        "per this many bytes of files.",
+    )
+    html: HtmlExtraction = Field(default_factory=HtmlExtraction, description="How WARC pages (HTML) become documents.")
 
     @field_validator("sources")
     @classmethod
@@ -64,7 +72,10 @@ class IngestParams(BaseModel):
         return v
 
 
-REJECTED_SCHEMA = {**DOC_SCHEMA, "reason": pl.String(), "detail": pl.String(), "stage": pl.String()}
+# Provenance of crawled pages, kept by every later stage (null for other sources).
+WARC_COLUMNS: dict[str, pl.DataType] = {"warc_date": pl.String(), "content_type": pl.String(), "warc_record_id": pl.String()}
+INGEST_SCHEMA = {**DOC_SCHEMA, **WARC_COLUMNS}
+REJECTED_SCHEMA = {**INGEST_SCHEMA, "reason": pl.String(), "detail": pl.String(), "stage": pl.String()}
 
 
 def doc_id(source: str, relpath: str, position: str) -> str:
@@ -104,6 +115,9 @@ def _rows(file: SourceFile, records: Iterator[Record | Rejected]) -> Iterator[tu
                 "uri": uri,
                 "license": r.license or normalize_license(file.source.license),
                 "url": r.url,
+                "warc_date": r.warc_date,
+                "content_type": r.content_type,
+                "warc_record_id": r.warc_record_id,
             }, True
         else:
             yield {
@@ -119,19 +133,44 @@ def _rows(file: SourceFile, records: Iterator[Record | Rejected]) -> Iterator[tu
             }, False
 
 
+def pack_files(files: list[SourceFile], target_bytes: int) -> list[list[SourceFile]]:
+    """Consecutive files in units of up to ``target_bytes`` (a larger file alone), so task runs follow bytes.
+
+    A builtin group is a unit alone: its size is unknown until it is read.
+    """
+    units: list[list[SourceFile]] = []
+    unit: list[SourceFile] = []
+    size = 0
+    for f in files:
+        alone = f.format == "pydocs"
+        if unit and (alone or size + f.size > target_bytes):
+            units.append(unit)
+            unit, size = [], 0
+        unit.append(f)
+        size += f.size
+        if alone:
+            units.append(unit)
+            unit, size = [], 0
+    if unit:
+        units.append(unit)
+    return units
+
+
+def _unit_parts(work: StageWork) -> list[ShardStats]:
+    return [ShardStats.from_json(s) for s in read_marker(work)["parts"]]
+
+
 @stage_task(task_run_name="ingest-{work.unit}")
-def ingest_file(
+@stage_step(read=_unit_parts)
+def ingest_unit(
     work: StageWork,
     index: int,
-    file: SourceFile,
+    files: list[SourceFile],
     params: IngestParams,
     validation: ValidationSettings,
     energy: EnergySettings | None = None,
-) -> list[ShardStats]:
-    """Read one source file into bounded shards of kept and rejected documents."""
-    marker = work.marker
-    if marker.is_file():
-        return [ShardStats.from_json(s) for s in json.loads(marker.read_text())["parts"]]
+) -> Made:
+    """Read a unit of source files into bounded shards of kept and rejected documents."""
     out = Path(work.out_dir)
     parts: list[ShardStats] = []
     kept: list[dict] = []
@@ -142,7 +181,7 @@ def ingest_file(
     def flush() -> None:
         nonlocal kept, rejected, size, start
         shard = f"part-{index:05d}-{len(parts):04d}"
-        kept_df = pl.DataFrame(kept, schema=DOC_SCHEMA)
+        kept_df = pl.DataFrame(kept, schema=INGEST_SCHEMA)
         rejected_df = pl.DataFrame(rejected, schema=REJECTED_SCHEMA)
         validate_shard("ingest", kept_df, rejected_df, params, validation, shard=shard)
         parts.append(
@@ -157,22 +196,27 @@ def ingest_file(
                 seconds=time.perf_counter() - start,
             )
         )
+        write_json(shard_stats_path(out, shard), parts[-1].to_json())
         kept, rejected, size, start = [], [], 0, time.perf_counter()
 
-    with track("ingest", energy) as used:
-        for row, ok in _rows(file, read_records(file, params.max_doc_bytes, params.text_split)):
+    for file in files:
+        bad = 0
+        for row, ok in _rows(file, read_records(file, params.max_doc_bytes, params.text_split, params.html)):
             (kept if ok else rejected).append(row)
+            bad += not ok
             size += len(row["text"])
             if len(kept) + len(rejected) >= params.shard_docs or size >= params.shard_bytes:
                 flush()
-        if kept or rejected or not parts:
-            flush()
-    parts[-1].energy = used.to_json()  # the file's energy, booked on its last shard
-    bad = sum(p.rejected for p in parts)
-    if bad:
-        get_run_logger().warning("%s: %d record(s) rejected, see rejected/ and stats.json", file.path, bad)
-    write_json(marker, {"file": file.path, "parts": [p.to_json() for p in parts]})
-    return parts
+        if bad:
+            get_run_logger().warning("%s: %d record(s) rejected, see rejected/ and stats.json", file.path, bad)
+    if kept or rejected or not parts:
+        flush()
+
+    def record(used: EnergyRecord) -> dict[str, Any]:
+        parts[-1].energy = used.to_json()  # the unit's energy, booked on its last shard
+        return {"files": [f.path for f in files], "parts": [p.to_json() for p in parts]}
+
+    return record
 
 
 def run_ingest(
@@ -191,10 +235,11 @@ def run_ingest(
     work = plan_stage(workdir, "ingest", VERSION, params, source_fingerprints(files))
     if work.done():  # every file already read: one cache hit instead of one per file
         return finalize_stage(work, VERSION, params, [], [], validation)
-    futures = ingest_file.map(
-        [work.for_unit(unit_name(i)) for i in range(len(files))],
-        index=list(range(len(files))),
-        file=files,
+    units = pack_files(files, params.shard_bytes)
+    futures = ingest_unit.map(
+        [work.for_unit(unit_name(i)) for i in range(len(units))],
+        index=list(range(len(units))),
+        files=units,
         params=unmapped(params),
         validation=unmapped(validation),
         energy=unmapped(energy),

@@ -217,13 +217,14 @@ def _next_record_start(path: str, at: int) -> int | None:
     try:
         with open_binary(path) as f:
             _skip(f, at)
-            base, tail = at, b""
-            while block := f.read(SCAN_CHUNK):
+            base, tail, chunk = at, b"", 1 << 12  # small first: the header is usually right there
+            while block := f.read(chunk):
                 data = tail + block
                 if found := RECORD_MARKER.search(data):
                     return base - len(tail) + found.start()
                 tail = data[-16:]  # a version line cut by the chunk boundary is found in the next round
                 base += len(block)
+                chunk = min(chunk * 4, SCAN_CHUNK)
     except READ_ERRORS:
         return None
     return None
