@@ -119,3 +119,9 @@ def test_heldout_loss_is_the_models_own_loss_and_its_interval_brackets_it() -> N
     assert loss == pytest.approx(model(x, y)[1].item(), rel=1e-5) and scored == 12 * 16
     low, high = interval95(block_losses(model, tokens, params))
     assert low < loss < high
+
+
+def test_the_card_states_throughput_and_mfu_as_the_loop_measured_them(tmp_path: Path) -> None:
+    pre = training_run(tmp_path, "pretrain", [(5.0, 5.1), (4.0, 4.2)], tokens_per_s=12_345.6, mfu=0.4567, peak_flops=8.9e10)
+    card = render(ModelRef("pretrain", "fp-pretrain", pre), data_card(tmp_path))
+    assert "| tokens/s in training steps, MFU (of a measured matmul peak) | 12,346, 45.7% of 0.089 TFLOP/s |" in card

@@ -138,6 +138,10 @@ def gate_failures(metrics: dict[str, Any], gate: GateParams) -> list[str]:
             )
     if not gate.allow_overfitting and metrics.get("overfitting"):
         failures.append("overfitting signal raised (see fit.reasons)")
+    if gate.min_task_scores:
+        from lmwright.tasks.train.harness import task_gate_failures
+
+        failures += task_gate_failures(metrics.get("tasks") or {}, gate.min_task_scores)
     if gate.max_response_loss is not None and metrics.get("sft_response_loss") is not None:
         if metrics["sft_response_loss"] > gate.max_response_loss:
             failures.append(f"sft_response_loss {metrics['sft_response_loss']:.4f} > {gate.max_response_loss}")

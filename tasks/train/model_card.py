@@ -206,6 +206,7 @@ def training_lines(config: Any, stages: list[tuple[str, dict[str, Any], Path]]) 
     row("tokens seen", [res["tokens_seen"] for res in r])
     row("best validation loss (step)", [f"{res['best_val_loss']:.4f} ({res['best_step']})" for res in r])
     row("training FLOPs", [f"{res['flops']:.3g}" for res in r])
+    row("tokens/s in training steps, MFU (of a measured matmul peak)", [_speed(res) for res in r])
     row("wall clock (s)", [round(res["seconds"]) for res in r])
     lines = ["## Training", "", "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
@@ -217,6 +218,13 @@ def training_lines(config: Any, stages: list[tuple[str, dict[str, Any], Path]]) 
         lines.append(f"- **{stage}** stopped because {why}.")
     lines += ["", *[f"![{stage} loss curves](loss_{stage}.png)" for stage, _, _ in stages]]
     return lines
+
+
+def _speed(result: dict[str, Any]) -> str | None:
+    """Throughput and MFU as the loop measured them (the same way on a CPU and a GPU); absent in older results."""
+    if not result.get("mfu"):
+        return None
+    return f"{result['tokens_per_s']:,.0f}, {result['mfu']:.1%} of {result['peak_flops'] / 1e12:.3g} TFLOP/s"
 
 
 def _ci(metrics: dict[str, Any], key: str) -> str:
@@ -245,6 +253,8 @@ def evaluation_lines(metrics: dict[str, Any], base: dict[str, Any] | None) -> li
             for metric, v in scores["metrics"].items():
                 interval = f"{v['ci95'][0]:.3f} – {v['ci95'][1]:.3f}" if v.get("ci95") else ""
                 lines.append(f"| {task} | {metric} | {v['value']:.3f} | {interval} | {scores.get('examples', '')} |")
+    if metrics.get("tasks_skipped"):
+        lines += ["", f"Benchmarks not run: {metrics['tasks_skipped']}."]
     fit = metrics.get("fit", {})
     verdict = "overfitting" if metrics.get("overfitting") else "underfitting" if metrics.get("underfitting") else "neither over- nor underfitting"
     lines += ["", f"Fit: **{verdict}**" + (f" ({'; '.join(fit['reasons'])})" if fit.get("reasons") else "")
@@ -295,16 +305,10 @@ def data_lines(data: dict[str, Any], tokens_meta: dict[str, Any], withdrawals_ma
     return lines
 
 
-def contamination_lines(data: dict[str, Any]) -> list[str]:
-    report = data.get("decontamination")
-    if not report:
-        return []
-    lines = ["## Contamination", "",
-             f"Training documents sharing any {report['n']}-gram (words, lowercased) with an evaluation set were "
-             f"{'removed' if report['action'] == 'drop' else 'flagged'} before tokenization, as GPT-3 and the Pile did.", "",
-             "| evaluation set | its documents | training documents overlapping |", "|---|---:|---:|"]
-    lines += [f"| {name} | {s['documents']:,} | {s['contaminated']:,} |" for name, s in report["sets"].items()]
-    return lines
+def contamination_lines(report: dict[str, Any] | None) -> list[str]:
+    from lmwright.tasks.train.decontaminate import render_contamination_markdown
+
+    return render_contamination_markdown(report).strip().splitlines() if report else []
 
 
 def bias_lines(metrics: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -364,6 +368,7 @@ def render_model_card(
     withdrawals_markdown: str = "",
     energy: dict[str, Any] | None = None,
     base_metrics: dict[str, Any] | None = None,
+    decontamination: dict[str, Any] | None = None,
 ) -> str:
     """README.md of the export; ``base_metrics``: the pretrained model's, when this one is fine-tuned."""
     data = json.loads(Path(data_card).with_suffix(".json").read_text()) if data_card else {}
@@ -387,7 +392,7 @@ def render_model_card(
         *evaluation_lines(metrics, base_metrics), "",
         *samples_lines(metrics), "",
         *data_lines(data, tokens_meta, withdrawals_markdown), "",
-        *contamination_lines(data), "",
+        *contamination_lines(decontamination), "",
         *bias_lines(metrics, data), "",
         *energy_lines(stages, energy or {}), "",
         *limitations_lines(metrics),

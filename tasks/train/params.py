@@ -38,6 +38,10 @@ class TrainParams(BaseModel):
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw; or muon: Muon for the blocks' weight matrices (at muon_lr), AdamW for embeddings and gains."
+    )
+    muon_lr: float = Field(0.02, gt=0, description="Muon's peak learning rate; it follows the same warmup and decay as lr.")
     min_lr: float = Field(2e-4, ge=0, description="Learning rate at the end of the cosine decay.")
     warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
     max_steps: int = Field(1000, ge=1, description="Optimizer steps: the budget; the cosine schedule spans them.")
@@ -61,7 +65,20 @@ class TrainParams(BaseModel):
     seed: int = Field(1337, description="Seed of initialization, batches and dropout.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when available, else CPU.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
-    compile: bool = Field(False, description="torch.compile the model (GPU).")
+    compile: bool | None = Field(
+        None, description="torch.compile the model and its loss; null: on CUDA, off on the CPU (compiling costs a minute there)."
+    )
+    fused_adamw: bool | None = Field(None, description="AdamW's fused kernel (one launch for all parameters); null: on CUDA.")
+    tf32: bool = Field(True, description="CUDA: TF32 tensor cores for the matmuls that stay fp32 outside bf16 autocast.")
+    pin_memory: bool | None = Field(
+        None, description="Batches from pinned host memory, copied without blocking while the previous step runs; null: on CUDA."
+    )
+    vocab_multiple: int | None = Field(
+        None, ge=1, description="Round the model's vocabulary up to a multiple of this (tensor-core friendly shapes); null: 64 on CUDA, 1 on the CPU."
+    )
+    peak_flops: float | None = Field(
+        None, gt=0, description="Peak FLOP/s that MFU is reported against; null: measured at the start (a large matmul, bf16 on CUDA)."
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
     nproc: int = Field(1, ge=1, description="Data-parallel processes per node (torchrun + DDP: gloo on CPU, NCCL on GPU).")
     nnodes: int = Field(1, ge=1, description="Nodes taking part in data-parallel training.")
@@ -92,6 +109,9 @@ class GateParams(BaseModel):
     )
     allow_overfitting: bool = Field(False, description="Promote even when the overfitting signal is raised.")
     max_response_loss: float | None = Field(None, gt=0, description="Highest acceptable held-out SFT response loss.")
+    min_task_scores: dict[str, float] = Field(
+        default_factory=dict, description="Lowest acceptable benchmark scores, as task/metric: score (e.g. lmwright_word_order/acc: 0.6)."
+    )
     max_bias_gap: float | None = Field(None, gt=0, description="Highest acceptable per-axis gap in mean log-likelihood across groups.")
     max_valence_gap: float | None = Field(
         None, gt=0, description="Highest acceptable per-axis gap in (negative - positive) continuation likelihood across groups."
@@ -110,6 +130,33 @@ class CardParams(BaseModel):
     datasets: list[str] = Field(
         default_factory=list, description="Hub dataset ids the training corpus is published as (the card's datasets: field)."
     )
+
+
+class DecontaminateParams(BaseModel):
+    """Remove training documents that overlap an evaluation set (the held-out split, each local benchmark task)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Check the training corpus against every evaluation set in use before tokenizing.")
+    n: int = Field(13, ge=1, description="Words per n-gram: a shared n-gram makes a training document contaminated (13: GPT-3, the Pile).")
+    action: Literal["drop", "flag"] = Field(
+        "drop", description="drop: reject with reason decontam_<set>; flag: keep, with the set in a contaminated_with column."
+    )
+
+
+class TaskParams(BaseModel):
+    """Benchmarks run with lm-evaluation-harness on the exported model (optional extra: pip install 'lmwright[eval]')."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[str] = Field(
+        default_factory=list, description="lm-eval task names (its registry, or tasks defined in include_path); empty: none."
+    )
+    include_path: str | None = Field(
+        None, description="Directory of local lm-eval task YAMLs (data_files relative to each YAML); configs/eval_tasks ships two."
+    )
+    limit: int | None = Field(None, ge=1, description="Score at most this many examples per task; null: all.")
+    batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
 
 
 class EvalParams(BaseModel):
@@ -133,6 +180,10 @@ class EvalParams(BaseModel):
     top_k: int | None = Field(50, ge=1, description="Sample among the top k tokens; null: all.")
     bias_probes: str | None = Field(
         "configs/lexicons/probes.yaml", description="Counterfactual probe templates (YAML); null: no bias probes."
+    )
+    tasks: TaskParams = Field(default_factory=TaskParams, description="lm-evaluation-harness benchmarks and their data.")
+    decontaminate: DecontaminateParams = Field(
+        default_factory=DecontaminateParams, description="Keep every evaluation set's text out of the training data."
     )
     gate: GateParams = Field(default_factory=GateParams, description="Promotion thresholds.")
     card: CardParams = Field(default_factory=CardParams, description="Name, licence and dataset ids of the model card.")
