@@ -186,6 +186,38 @@ def test_truncated_gzip_keeps_what_can_be_read(tmp_path: Path) -> None:
     assert truncated.reason == "ingest_truncated" and truncated.position == f"offset={len(b''.join(three_pages()[:2]))}"
 
 
+def four_members() -> list[bytes]:
+    pages = three_pages() + [warc_record("response", http_response(page("").encode()), uri="https://example.org/3", n=3)]
+    return [gzip.compress(r) for r in pages]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: m[:len(m) // 2],  # a member cut short inside the file (two files concatenated, one cut)
+        lambda m: m[:30] + b"\xff" * 40 + m[70:],  # corrupt bytes inside a member
+        lambda m: b"\x00garbage!!" * 20,  # garbage where a member should be
+    ],
+    ids=["cut-member", "corrupt-member", "garbage-member"],
+)
+def test_a_damaged_gzip_member_inside_the_file_costs_only_its_record(tmp_path: Path, damage) -> None:
+    m = four_members()
+    path = tmp_path / "damaged.warc.gz"
+    path.write_bytes(m[0] + damage(m[1]) + m[2] + m[3])
+    out = read(path)
+    assert [d.url for d in docs(out)] == ["https://example.org/0", "https://example.org/2", "https://example.org/3"]
+    (lost,) = [r for r in out if isinstance(r, Rejected)]
+    assert lost.reason == "ingest_truncated" and lost.position == f"damaged={len(gzip.decompress(m[0]))}"
+
+
+def test_a_corrupt_single_gzip_stream_is_a_reason_not_an_empty_file(tmp_path: Path) -> None:
+    whole = gzip.compress(b"".join(three_pages()))  # one member for the whole file (allowed, if unusual)
+    path = tmp_path / "one.warc.gz"
+    path.write_bytes(whole[:100] + b"\xff" * 50 + whole[150:])
+    (why,) = read(path)
+    assert why.reason == "ingest_truncated" and "corrupt compressed data" in why.detail
+
+
 def test_truncated_plain_warc_rejects_the_cut_record(tmp_path: Path) -> None:
     whole = b"".join(three_pages())
     cut = tmp_path / "cut.warc"

@@ -12,17 +12,22 @@ import fsspec
 from lmwright.tasks.curate.sources.spec import Rejected
 
 
-def open_binary(path: str) -> IO[bytes]:
+GZIP_MAGIC = b"\x1f\x8b\x08"  # every gzip member starts with it (deflate method)
+
+
+def open_binary(path: str, resync: bool = False) -> IO[bytes]:
     """Open a file (local or fsspec) decompressing by suffix; errors surface while reading.
 
     A compressed file that ends early gives every byte before the cut, then EOF; its
     ``truncation_problem`` says so (gzip's own reader raises and loses its buffered lines,
-    zstandard's readers end silently).
+    zstandard's readers end silently). With ``resync``, a damaged gzip member (cut short inside
+    the file, or corrupt) does not end the stream: decoding resumes at the next member, and
+    ``damaged_ranges`` gives the uncompressed byte ranges that came from damaged data.
     """
     raw = fsspec.open(path, "rb").open()
     lower = path.lower()
     if lower.endswith((".gz", ".gzip")):
-        return Decompressed(raw, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))
+        return Decompressed(raw, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), GZIP_MAGIC if resync else None)
     if lower.endswith(".zst"):
         import zstandard
 
@@ -44,46 +49,82 @@ class _DecompressedRaw(io.RawIOBase):
     # Small input reads bound the output held at once (~4 MB for gzip's worst ratio).
     INPUT_CHUNK = 4096
 
-    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder]):
+    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder], resync_magic: bytes | None = None):
         self._raw, self._new_decoder = raw, new_decoder
         self._decoder = new_decoder()
         self._inside_frame = False
         self._out, self._pos, self._ended = b"", 0, False
         self.problem: str | None = None
+        # Resynchronising needs to know where the damaged frame began, in the input and in the output.
+        self._resync_magic = resync_magic
+        self._raw_pos = 0  # input offset of the next read
+        self._frame_raw = 0  # input offset where the current frame starts
+        self._out_total = 0  # bytes produced so far
+        self._frame_out = 0  # output offset where the current frame's bytes start
+        self.damaged: list[tuple[int, int, str]] = []  # (output from, output to, why)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: bytearray) -> int:  # type: ignore[override]
         while self._pos >= len(self._out) and not self._ended:
-            self._out, self._pos = self._decode(self._raw.read(self.INPUT_CHUNK)), 0
+            data = self._raw.read(self.INPUT_CHUNK)
+            at, self._raw_pos = self._raw_pos, self._raw_pos + len(data)
+            self._out, self._pos = self._decode(data, at), 0
+            self._out_total += len(self._out)
         n = min(len(b), len(self._out) - self._pos)
         b[:n] = self._out[self._pos : self._pos + n]
         self._pos += n
         return n
 
-    def _decode(self, data: bytes) -> bytes:
+    def _decode(self, data: bytes, at: int) -> bytes:
+        """Output of the input chunk ``data`` that starts at input offset ``at``."""
         if not data:
             self._ended = True
             if self._inside_frame:
                 self.problem = "the compressed stream ends before its end marker (truncated)"
             return b""
-        out = []
+        end = at + len(data)
+        out: list[bytes] = []
         while data:
             try:
                 out.append(self._decoder.decompress(data))
             except Exception as e:  # zlib.error, zstandard.ZstdError: corrupt input
-                self._ended = True
-                self.problem = f"corrupt compressed data: {type(e).__name__}: {e}"
+                problem = f"corrupt compressed data: {type(e).__name__}: {e}"
+                if not self._resume_at_next_frame(problem, self._out_total + sum(map(len, out))):
+                    self._ended = True
+                    self.problem = problem
                 break
             self._inside_frame = not self._decoder.eof
             if self._inside_frame:
                 break
             data = self._decoder.unused_data
+            self._frame_raw, self._frame_out = end - len(data), self._out_total + sum(map(len, out))
             if not data.strip(b"\x00"):  # trailing zero padding after the last gzip member
                 break
             self._decoder = self._new_decoder()
         return b"".join(out)
+
+    def _resume_at_next_frame(self, problem: str, out_now: int) -> bool:
+        """With resync on: record the damaged frame's output range and continue at the next frame header
+        after its start (a cut frame runs into the next one, so the header may lie before the error)."""
+        if self._resync_magic is None or not getattr(self._raw, "seekable", lambda: False)():
+            return False
+        self._raw.seek(self._frame_raw + 1)
+        found, offset, tail = None, self._frame_raw + 1, b""
+        while found is None and (block := self._raw.read(1 << 16)):
+            i = (tail + block).find(self._resync_magic)
+            if i >= 0:
+                found = offset - len(tail) + i
+            tail, offset = block[-(len(self._resync_magic) - 1) :], offset + len(block)
+        self.damaged.append((self._frame_out, out_now, problem))
+        if found is None:
+            return False
+        self._raw.seek(found)
+        self._raw_pos = self._frame_raw = found
+        self._frame_out = out_now
+        self._decoder, self._inside_frame = self._new_decoder(), False
+        return True
 
     def close(self) -> None:
         self._raw.close()
@@ -93,12 +134,16 @@ class _DecompressedRaw(io.RawIOBase):
 class Decompressed(io.BufferedReader):
     """A buffered, decompressing stream; ``truncation_problem`` is set once a cut input is read to its end."""
 
-    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder]):
-        super().__init__(_DecompressedRaw(raw, new_decoder), buffer_size=1 << 16)
+    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder], resync_magic: bytes | None = None):
+        super().__init__(_DecompressedRaw(raw, new_decoder, resync_magic), buffer_size=1 << 16)
 
     @property
     def truncation_problem(self) -> str | None:
         return self.raw.problem  # type: ignore[attr-defined]
+
+    @property
+    def damaged_ranges(self) -> list[tuple[int, int, str]]:
+        return self.raw.damaged  # type: ignore[attr-defined]
 
 
 def truncation_problem(f: IO[bytes]) -> str | None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import io
 import re
 import zlib
-from typing import IO, Iterator
+from types import ModuleType
+from typing import IO, Generator, Iterator
 
 from lmwright.tasks.curate.sources.extract import HtmlExtraction, decode_html, main_text, require
 from lmwright.tasks.curate.sources.spec import Record, Rejected, SourceFile
@@ -27,39 +28,82 @@ SCAN_CHUNK = 1 << 20
 def read_warc(file: SourceFile, max_doc_bytes: int, html: HtmlExtraction) -> Iterator[Record | Rejected]:
     """Documents and rejections of one WARC/WET file; a damaged stretch is skipped with its offsets."""
     warc = require("fastwarc.warc", "reading WARC files")
-    pos = 0
-    while (start := _next_record_start(file.path, pos)) is not None:
+    damage: dict[int, tuple[int, int, str]] = {}  # damaged gzip members seen, by output offset
+    blamed: set[int] = set()  # those a record was rejected for
+    pos: int | None = 0
+    read_any = False
+    while pos is not None and (start := _next_record_start(file.path, pos)) is not None:
         if pos == 0 and start > 0:
             yield Rejected("ingest_warc_malformed", "offset=0", f"bytes 0-{start} before the first record header: skipped")
-        last = None
-        try:
-            with open_binary(file.path) as f:
-                _skip(f, start)
-                outcome: Record | Rejected | None = None
-                for rec in warc.ArchiveIterator(_Tell(f), parse_http=False, stream_detect=False):
-                    last = start + rec.stream_pos
-                    outcome = _record(rec, last, max_doc_bytes, html)
-                    yield outcome
-                cut_record = isinstance(outcome, Rejected) and outcome.reason == "ingest_truncated"
-                if (problem := truncation_problem(f)) and not cut_record:  # a record cut short already says so
-                    where = start if last is None else last
-                    yield Rejected("ingest_truncated", f"after={where}", f"{problem}: the file ends inside or after the record at offset {where}")
-            if cut_record and last is not None and _next_record_start(file.path, last + 1) is not None:
-                pos = last + 1  # a Content-Length past the records that follow: read them
-                continue
-            return
-        except BaseException as e:  # fastwarc raises OSError on a header it cannot parse, a panic on worse
-            if not isinstance(e, READ_ERRORS) and type(e).__name__ != "PanicException":
-                raise
-            if last is None:
-                yield Rejected("ingest_warc_malformed", f"offset={start}", f"{type(e).__name__}: {e}: the record at offset {start} is skipped")
-                pos = start + 1
-            else:
-                yield Rejected("ingest_warc_malformed", f"after={last}", f"{type(e).__name__}: {e}: unreadable data after the record at offset {last} is skipped")
-                pos = last + 1
-    if pos == 0:
-        empty = not _has_content_after(file.path, 0)
-        yield Rejected("ingest_empty_file" if empty else "ingest_warc_malformed", "offset=0", "file is empty" if empty else "no WARC record header in the file")
+        read_any = True
+        pos = yield from _read_from(warc, file, start, max_doc_bytes, html, damage, blamed)
+    for lo, (_, hi, why) in sorted(damage.items()):
+        if lo not in blamed:  # a member whose bytes reached no record: lost between two records
+            yield Rejected("ingest_truncated", f"damaged={lo}", f"{why}: a damaged gzip member at offset {lo} is skipped")
+    if not read_any:
+        yield _why_no_record(file.path)
+
+
+def _read_from(
+    warc: ModuleType,
+    file: SourceFile,
+    start: int,
+    max_doc_bytes: int,
+    html: HtmlExtraction,
+    damage: dict[int, tuple[int, int, str]],
+    blamed: set[int],
+) -> Generator[Record | Rejected, None, int | None]:
+    """The records from offset ``start`` on; returns where to resume after a damaged stretch, None at the end."""
+    last: int | None = None
+    pending: tuple[int, Record | Rejected] | None = None  # a record is judged once the next one starts
+    seen: list[tuple[int, int, str]] = []
+    try:
+        with open_binary(file.path, resync=True) as f:
+            seen = getattr(f, "damaged_ranges", seen)  # the stream's own list: it grows as it reads
+            _skip(f, start)
+            outcome: Record | Rejected | None = None
+            for rec in warc.ArchiveIterator(_Tell(f), parse_http=False, stream_detect=False):
+                offset = start + rec.stream_pos
+                if pending is not None:
+                    yield _unless_damaged(*pending, offset, seen, blamed)
+                last, outcome = offset, _record(rec, offset, max_doc_bytes, html)
+                pending = (offset, outcome)
+            if pending is not None:
+                yield _unless_damaged(*pending, None, seen, blamed)
+            cut_record = isinstance(outcome, Rejected) and outcome.reason == "ingest_truncated"
+            if (problem := truncation_problem(f)) and not cut_record:  # a record cut short already says so
+                where = start if last is None else last
+                yield Rejected("ingest_truncated", f"after={where}", f"{problem}: the file ends inside or after the record at offset {where}")
+        damage.update((d[0], d) for d in seen)
+        if cut_record and last is not None and _next_record_start(file.path, last + 1) is not None:
+            return last + 1  # a Content-Length past the records that follow: read them
+        return None
+    except BaseException as e:  # fastwarc raises OSError on a header it cannot parse, a panic on worse
+        if not isinstance(e, READ_ERRORS) and type(e).__name__ != "PanicException":
+            raise
+        damage.update((d[0], d) for d in seen)
+        if pending is not None:
+            yield _unless_damaged(*pending, None, seen, blamed)
+        if last is None:
+            yield Rejected("ingest_warc_malformed", f"offset={start}", f"{type(e).__name__}: {e}: the record at offset {start} is skipped")
+            return start + 1
+        yield Rejected("ingest_warc_malformed", f"after={last}", f"{type(e).__name__}: {e}: unreadable data after the record at offset {last} is skipped")
+        return last + 1
+
+
+def _unless_damaged(
+    offset: int, outcome: Record | Rejected, end: int | None, damage: list[tuple[int, int, str]], blamed: set[int]
+) -> Record | Rejected:
+    """The record's outcome, or ``ingest_truncated`` when a damaged gzip member (cut short or corrupt inside
+    the file) fed bytes into it, or lost bytes inside it, between its start and the next record's."""
+    for lo, hi, why in damage:
+        inside = offset < lo < (end if end is not None else lo + 1) if lo == hi else lo < (end if end is not None else hi) and hi > offset
+        if inside:
+            blamed.add(lo)
+            if isinstance(outcome, Rejected) and outcome.reason == "ingest_truncated":
+                return outcome
+            return Rejected("ingest_truncated", f"offset={offset}", f"{why}: the record holds bytes {lo}-{hi} of a damaged gzip member")
+    return outcome
 
 
 def _record(rec: object, offset: int, max_doc_bytes: int, html: HtmlExtraction) -> Record | Rejected:
@@ -215,7 +259,7 @@ def _skip(f: IO[bytes], n: int) -> None:
 def _next_record_start(path: str, at: int) -> int | None:
     """Offset of the first record header (its version line) at or after ``at`` in the uncompressed stream."""
     try:
-        with open_binary(path) as f:
+        with open_binary(path, resync=True) as f:
             _skip(f, at)
             base, tail, chunk = at, b"", 1 << 12  # small first: the header is usually right there
             while block := f.read(chunk):
@@ -230,13 +274,19 @@ def _next_record_start(path: str, at: int) -> int | None:
     return None
 
 
-def _has_content_after(path: str, at: int) -> bool:
+def _why_no_record(path: str) -> Rejected:
+    """Why a file gave no record at all: empty, damaged compressed data, or no record header anywhere."""
     try:
-        with open_binary(path) as f:
-            _skip(f, at)
+        with open_binary(path, resync=True) as f:
+            content = False
             while block := f.read(SCAN_CHUNK):
-                if block.strip():
-                    return True
-    except READ_ERRORS:
-        return False
-    return False
+                content = content or bool(block.strip())
+            damaged = getattr(f, "damaged_ranges", [])
+            problem = truncation_problem(f) or (damaged[0][2] if damaged else None)
+    except READ_ERRORS as e:
+        return Rejected("ingest_read_error", "offset=0", f"{type(e).__name__}: {e}")
+    if problem:
+        return Rejected("ingest_truncated", "offset=0", f"{problem}: no record could be read")
+    if not content:
+        return Rejected("ingest_empty_file", "offset=0", "file is empty")
+    return Rejected("ingest_warc_malformed", "offset=0", "no WARC record header in the file")
