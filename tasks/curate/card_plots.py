@@ -51,12 +51,14 @@ def plot_languages(card: dict[str, Any], path: Path) -> Path:
     """Documents kept per language, and the documents langid removed per language it found."""
     kept = card["profile"].get("languages", {})
     langid = next((row for row in card["funnel"] if row["stage"] == "langid"), None)
-    removed = {r.removeprefix("langid_not_"): n for r, n in (langid or {}).get("rejected_by_reason", {}).items()}
+    removed = {("uncertain" if r == "langid_low_confidence" else r.removeprefix("langid_not_")): n
+               for r, n in (langid or {}).get("rejected_by_reason", {}).items()}
     langs = sorted(set(kept) | set(removed), key=lambda k: -(kept.get(k, 0) + removed.get(k, 0)))[:20]
     fig, ax = new_figure(7, 3.2)
     ax.bar(langs, [kept.get(k, 0) for k in langs], color="tab:green", label="kept")
     ax.bar(langs, [removed.get(k, 0) for k in langs], bottom=[kept.get(k, 0) for k in langs], color="tab:red", label="removed by langid")
     ax.set_yscale("symlog")
+    ax.set_ylim(0, 3 * max([kept.get(k, 0) + removed.get(k, 0) for k in langs] or [1]))  # room above the tallest bar
     ax.set_ylabel("documents")
     ax.set_title("Language mix", fontsize=10)
     ax.tick_params(axis="x", labelsize=8, rotation=45)
