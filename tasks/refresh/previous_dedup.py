@@ -15,7 +15,6 @@ its signature).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from pydantic import Field
 
 from lmwright.data_quality import ValidationSettings
 from lmwright.tasks.core.dataset import DatasetRef, file_sha256
-from lmwright.tasks.core.files import atomic_path, write_json
-from lmwright.tasks.core.stage import ShardStage, StageWork, run_shard_stage, stage_task
+from lmwright.tasks.core.files import atomic_write_parquet
+from lmwright.tasks.core.stage import ShardStage, StageWork, run_shard_stage, stage_step, stage_task
 from lmwright.tasks.curate.dedup.params import DedupParams
 from lmwright.tasks.curate.dedup.signatures import signature_frame
 from lmwright.tasks.curate.dedup.minhash import signature_dtype
@@ -77,8 +76,7 @@ def index_rows(docs: pl.DataFrame, params: DedupParams) -> pl.DataFrame:
 
 
 def _write_sorted_parquet(df: pl.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.sort("band", "key").write_parquet(tmp, compression="zstd", statistics=True, row_group_size=1 << 17)
+    atomic_write_parquet(path, df.sort("band", "key"), compression="zstd", statistics=True, row_group_size=1 << 17)
 
 
 @dataclass(frozen=True)
@@ -91,10 +89,9 @@ class IndexPartWork(StageWork):
 
 
 @stage_task(task_run_name="dedup_previous-index")
+@stage_step(metered=False)
 def build_index_part(work: IndexPartWork, kept: DatasetRef, params: DedupParams) -> dict[str, Any]:
     """Index rows of the documents this refresh keeps (written after the dataset's manifest)."""
-    if work.done():
-        return json.loads(work.marker.read_text())
     start = time.perf_counter()
     frames = [index_rows(pl.read_parquet(p, columns=["id", "text"]), params) for p in kept.parts()]
     rows = pl.concat(frames) if frames else index_rows(pl.DataFrame(schema={"id": pl.String, "text": pl.String}), params)
@@ -103,10 +100,8 @@ def build_index_part(work: IndexPartWork, kept: DatasetRef, params: DedupParams)
     docs = int((rows["band"] == EXACT_BAND).sum())
     if docs != kept.manifest()["rows"]:
         raise AssertionError(f"index of {kept.path}: {docs} documents != {kept.manifest()['rows']} kept")
-    info = {"path": str(path), "rows": rows.height, "docs": docs, "params": index_params_of(params),
+    return {"path": str(path), "rows": rows.height, "docs": docs, "params": index_params_of(params),
             "seconds": round(time.perf_counter() - start, 4)}
-    write_json(work.marker, info)  # last
-    return info
 
 
 class PreviousDedupParams(DedupParams):
