@@ -1,4 +1,4 @@
-"""Stage 3, langid: langdetect's algorithm with a fixed seed on a bounded prefix.
+"""langid: langdetect's algorithm with a fixed seed on a bounded prefix.
 
 ``lang`` / ``lang_prob`` are exactly what ``langdetect.detect_langs(text[:prefix_chars])``
 returns with ``DetectorFactory.seed = seed`` (the top language and its probability), but

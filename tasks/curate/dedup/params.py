@@ -29,11 +29,11 @@ class DedupParams(BaseModel):
     scheme: Literal["affine32", "affine64", "legacy"] = Field(
         "affine32",
         description="datasketch's permutation scheme (2.x default affine32; `legacy` matches datasketch < 2.0). "
-        "Signatures equal datasketch.MinHash(num_perm, seed, scheme=scheme, hashfunc=tasks.curate.minhash.datasketch_hashfunc(hash, scheme)).",
+        "Signatures equal datasketch.MinHash(num_perm, seed, scheme=scheme, hashfunc=tasks.curate.dedup.minhash.datasketch_hashfunc(hash, scheme)).",
     )
     hash: Literal["word_mix", "sha1"] = Field(
         "word_mix",
-        description="Shingle hash. `word_mix`: MurmurHash3_x86_32 over the words' SHA-1-32 hashes (tasks.curate.minhash.word_mix_hash32; "
+        description="Shingle hash. `word_mix`: MurmurHash3_x86_32 over the words' SHA-1-32 hashes (tasks.curate.dedup.minhash.word_mix_hash32; "
         "SHA-1 once per distinct word, ~3.5x datasketch's speed). `sha1`: datasketch's default hash of the shingle bytes "
         "(one SHA-1 per shingle, signatures equal MinHash(num_perm, seed, scheme=scheme) with no hashfunc).",
     )

@@ -1,4 +1,4 @@
-"""Stage 4, quality: the Gopher repetition, Gopher quality, C4 and FineWeb heuristics.
+"""quality: the Gopher repetition, Gopher quality, C4 and FineWeb heuristics.
 
 The rules, thresholds, defaults and drop reasons follow datatrove's filters
 (huggingface/datatrove, Apache-2.0: ``pipeline/filters/gopher_repetition_filter.py``,
