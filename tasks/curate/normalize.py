@@ -1,4 +1,5 @@
-"""normalize: Unicode NFC, control characters, whitespace, line endings; optional boilerplate stripping."""
+"""normalize: Unicode NFC, control characters, whitespace, line endings; optional boilerplate stripping;
+long documents split into chunks at paragraph boundaries (tasks/curate/chunk.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmwright.tasks.core.stage import ShardStage
+from lmwright.tasks.curate.chunk import ChunkParams, chunk_documents
 
-VERSION = "2"
+VERSION = "3"  # 3: long documents become chunks (parent_id, chunk, chunks columns)
 
 # C0 controls except \t and \n, DEL, C1 controls, and the BOM / zero-width no-break space.
 CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{feff}]"
@@ -41,10 +43,14 @@ class NormalizeParams(BaseModel):
     )
     strip_gutenberg: bool = Field(True, description="Cut Project Gutenberg headers and licence footers.")
     min_chars: int = Field(1, ge=0, description="Documents shorter than this after normalization are dropped (normalize_empty).")
+    chunk: ChunkParams = Field(
+        default_factory=ChunkParams,
+        description="Long documents (books) split at paragraph boundaries into chunks that the quality rules can judge.",
+    )
 
 
 def apply_normalize(docs: pl.DataFrame, params: NormalizeParams) -> pl.DataFrame:
-    """Rewrite ``text``; drop only documents that normalization leaves (nearly) empty."""
+    """Rewrite ``text``, split long documents into chunks; drop only documents that normalization leaves (nearly) empty."""
     text = pl.col("text")
     if params.unicode_form:
         text = text.str.normalize(params.unicode_form)  # type: ignore[arg-type]
@@ -64,7 +70,8 @@ def apply_normalize(docs: pl.DataFrame, params: NormalizeParams) -> pl.DataFrame
             .str.replace_all(r"\n{3,}", "\n\n")
             .str.strip_chars()
         )
-    out = docs.with_columns(text.alias("text"))
+    # Chunks are cut after whitespace is normalized: paragraph boundaries are then exactly blank lines.
+    out = chunk_documents(docs.with_columns(text.alias("text")), params.chunk)
     return out.with_columns(
         pl.when(pl.col("text").str.len_chars() < max(params.min_chars, 1))
         .then(pl.lit("normalize_empty"))

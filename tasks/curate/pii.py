@@ -1,4 +1,4 @@
-"""Stage 5, pii: redact e-mails, phone numbers, IP addresses, payment cards and IBANs.
+"""pii: redact e-mails, phone numbers, IP addresses, payment cards and IBANs.
 
 Each type becomes a typed placeholder (``<EMAIL>``, ``<PHONE>``, ``<IP>``, ``<CARD>``,
 ``<IBAN>``). Regexes run vectorised in polars (Rust regex: no look-arounds, so boundaries
@@ -137,7 +137,7 @@ class PiiParams(BaseModel):
         description="Drop a document with more than this many matches in total (reason pii_too_many); null never drops.",
     )
     identifiers: list[str] = Field(
-        default_factory=lambda: ["id", "url", "uri"],
+        default_factory=lambda: ["id", "url", "uri", "parent_id"],
         description="Identifier columns whose PII (an e-mail as an id, in a URL or a file name) becomes "
         "<TYPE:keyed hash>: unique and stable within a workdir, unreadable without its key; [] keeps them.",
     )
