@@ -266,6 +266,27 @@ def test_wet_conversion_records_are_documents(tmp_path: Path) -> None:
     assert doc.text == "\n".join(ARTICLE) and doc.url == "https://example.org/wet"
 
 
+def test_a_record_over_max_doc_bytes_is_measured_not_read(tmp_path: Path) -> None:
+    big = warc_record("response", http_response(b"<html><body><p>" + b"word " * 400_000 + b"</p></body></html>"), uri="https://example.org/big", n=9)
+    good = three_pages()
+    path = write_warc(tmp_path / "big.warc.gz", [good[0], big, good[2]])
+    files, _ = list_source_files(SourceSpec(path=str(path)))
+    out = list(read_records(files[0], 1 << 20, "file"))
+    assert [d.url for d in docs(out)] == ["https://example.org/0", "https://example.org/2"]
+    assert reasons(out) == Counter(ingest_doc_too_large=1)
+
+
+def test_a_warc_behind_an_fsspec_url(tmp_path: Path) -> None:
+    import fsspec
+
+    data = b"".join(gzip.compress(r) for r in three_pages())
+    with fsspec.open("memory://crawl/a.warc.gz", "wb") as f:
+        f.write(data)
+    files, _ = list_source_files(SourceSpec(path="memory://crawl"))
+    out = [r for f in files for r in read_records(f, 16 << 20, "file")]
+    assert [d.url for d in docs(out)] == [f"https://example.org/{i}" for i in range(3)]
+
+
 def test_an_empty_warc_file_is_a_reason(tmp_path: Path) -> None:
     (tmp_path / "empty.warc").write_bytes(b"")
     assert reasons(read(tmp_path / "empty.warc")) == Counter(ingest_empty_file=1)

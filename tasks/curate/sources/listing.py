@@ -11,6 +11,7 @@ from pathlib import Path
 import fsspec
 
 from lmwright.tasks.core.errors import UserError
+from lmwright.tasks.curate.sources.extract import require
 from lmwright.tasks.curate.sources.pydocs import pydocs_units
 from lmwright.tasks.curate.sources.spec import BUILTINS, SourceFile, SourceSpec, suffix_format
 
@@ -73,6 +74,8 @@ def list_source_files(spec: SourceSpec) -> tuple[list[SourceFile], list[dict[str
             continue
         info = fs.info(p)
         files.append(SourceFile(spec, url, relpath, int(info.get("size") or 0), _as_float(_version_stamp(info)), fmt))
+    if any(f.format == "warc" for f in files):  # say what to install before any file is read
+        require("fastwarc.warc", "reading WARC files")
     return files, skipped
 
 
