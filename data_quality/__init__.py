@@ -9,7 +9,7 @@ Public API (importing it does not import Great Expectations; the first validatio
     validate_summary(stage, suite, summary, settings, label)   a summary of an output that is not documents
 
 The document suites are described in data_quality/suites.py, those of token datasets in
-data_quality/tokens.py, the regexes behind the text checks
+data_quality/tokens.py, that of fine-tuning examples in data_quality/sft.py, the regexes behind the text checks
 (e-mail, IPv4, phone, control characters) in data_quality/patterns.py.
 """
 

@@ -43,7 +43,8 @@ def validate_shard(
     if settings.sample_rows is not None and kept.height > settings.sample_rows:
         frame = kept.sample(settings.sample_rows, seed=0)
         note = f" (a sample of {frame.height:,} of {kept.height:,} rows)"
-    name, build = shard_suite(stage, params, signal_columns(dict(kept.schema)))
+    licenses = kept["license"].drop_nulls().unique().sort().to_list() if stage == "license" and "license" in kept.columns else []
+    name, build = shard_suite(stage, params, signal_columns(dict(kept.schema)), licenses)
     runs = [
         context.run_suite(
             context.get_suite(name, build), frame.to_pandas(), f"{stage}-{shard}", _result_format(frame)
@@ -265,8 +266,9 @@ def _describe(r: Any, max_examples: int) -> str:
         examples: list[str] = []
         for i in range(max(len(values), len(index))):
             where = index[i] if i < len(index) and isinstance(index[i], dict) else {}
-            ident = where.get("id", where.get("shard")) if target != "id" else None
-            label = "" if ident is None else f"{'id' if 'id' in where else 'shard'} {ident!r}"
+            # the row's identifier: id, shard, or the index column a summary suite names (never the checked column)
+            key = next((k for k in ("id", "shard", *where) if k in where and k != target), None)
+            label = "" if key is None or target == "id" else f"{key} {where[key]!r}"
             if i < len(values):
                 ex = _short(values[i]) + (f" ({label})" if label else "")
             elif label:

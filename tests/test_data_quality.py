@@ -35,9 +35,17 @@ def docs(n: int = 3, **columns) -> pl.DataFrame:
         "c4_lines": [1] * n,
         "pii_count": [0] * n,
         "dup_cluster": [f"d{i}" for i in range(n)],
+        "url": [None] * n,
+        "warc_date": [None] * n,
+        "content_type": [None] * n,
+        "warc_record_id": [None] * n,
+        "optout": [None] * n,
+        "bias_toxicity": [0.0] * n,
+        "bias_toxic_terms": [0] * n,
     }
     base.update(columns)
-    return pl.DataFrame(base, schema_overrides={"license": pl.String})
+    nullable = ("license", "url", "warc_date", "content_type", "warc_record_id", "optout")
+    return pl.DataFrame(base, schema_overrides={c: pl.String for c in nullable})
 
 
 def fail(stage: str, kept: pl.DataFrame, rejected: pl.DataFrame = NO_REJECTS, params=LANGID, **settings) -> str:
@@ -46,7 +54,7 @@ def fail(stage: str, kept: pl.DataFrame, rejected: pl.DataFrame = NO_REJECTS, pa
     return str(exc.value)
 
 
-@pytest.mark.parametrize("stage", ["ingest", "normalize", "langid", "quality", "pii", "bias", "dedup", "unknown"])
+@pytest.mark.parametrize("stage", ["ingest", "license", "normalize", "langid", "quality", "pii", "bias", "dedup", "unknown"])
 def test_clean_shard_passes_every_stage(stage):
     rejected = pl.DataFrame({"id": ["r0"], "text": ["x"], "reason": ["too_short"], "stage": [stage]})
     validate_shard(stage, docs(), rejected, LANGID, ValidationSettings(), shard="part-00000")
@@ -123,6 +131,73 @@ def test_negative_quality_signal_fails_and_other_numbers_are_ignored():
 
 def test_dedup_null_cluster_fails():
     assert "expect_column_values_to_not_be_null (column 'dup_cluster')" in fail("dedup", docs(dup_cluster=["a", None, "c"]))
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def warned(stage: str, kept: pl.DataFrame, params) -> str:
+    """The warning a failing suite logs under severity warn (and nothing raised).
+
+    Read by a handler on the logger itself: once Prefect is imported its logging setup may stop
+    the record from reaching pytest's root-level capture.
+    """
+    logger, collect = logging.getLogger("lmwright.data_quality"), Collect()
+    logger.addHandler(collect)
+    try:
+        validate_shard(stage, kept, NO_REJECTS, params, ValidationSettings(stage_severity={stage: "warn"}), shard="p")
+    finally:
+        logger.removeHandler(collect)
+    return "\n".join(collect.messages)
+
+
+INGEST = SimpleNamespace(sources=[SimpleNamespace(label="test"), SimpleNamespace(label="web")])
+
+
+def test_ingest_source_outside_the_configured_sources_fails_and_warns():
+    validate_shard("ingest", docs(source=["test", "web", "web"]), NO_REJECTS, INGEST, ValidationSettings(), shard="p")
+    kept = docs(source=["test", "stray", "web"])
+    msg = fail("ingest", kept, params=INGEST)
+    assert "expect_column_values_to_be_in_set (column 'source'" in msg and "'stray'" in msg
+    assert "expect_column_values_to_be_in_set (column 'source'" in warned("ingest", kept, INGEST)
+
+
+def test_ingest_empty_uri_and_missing_provenance_fail():
+    assert "expect_column_value_lengths_to_be_between (column 'uri'" in fail("ingest", docs(uri=["a", "", "c"]), params=INGEST)
+    assert "expect_column_to_exist (column 'warc_record_id'" in fail("ingest", docs().drop("warc_record_id"), params=INGEST)
+
+
+def test_license_outside_the_policy_or_withdrawn_fails_and_warns():
+    from lmwright.tasks.curate.license import LicenseParams
+
+    policy = LicenseParams(allow_unknown=False)
+    validate_shard("license", docs(license=["CC-BY-4.0", "MIT", "MIT"]), NO_REJECTS, policy, ValidationSettings(), shard="p")
+    kept = docs(license=["CC-BY-4.0", "CC-BY-NC-4.0", "MIT"])  # NonCommercial: the stage must have rejected it
+    msg = fail("license", kept, params=policy)
+    assert "expect_column_values_to_be_in_set (column 'license'" in msg and "CC-BY-NC-4.0" in msg
+    assert "expect_column_values_to_be_in_set (column 'license'" in warned("license", kept, policy)
+    unknown = fail("license", docs(license=["MIT", None, "MIT"]), params=policy)
+    assert "expect_column_values_to_not_be_null (column 'license'" in unknown
+    withdrawn = fail("license", docs(license=["MIT"] * 3, optout=[None, "domain:example.com", None]), params=policy)
+    assert "expect_column_values_to_be_null (column 'optout'" in withdrawn
+
+
+def test_bias_toxic_document_kept_above_the_threshold_fails_and_warns():
+    params = SimpleNamespace(toxicity_threshold=2.0, min_toxic_matches=2)
+    # above the threshold with one toxic term only: the stage keeps it
+    validate_shard("bias", docs(bias_toxicity=[5.0, 0.0, 1.0], bias_toxic_terms=[1, 0, 1]), NO_REJECTS, params,
+                   ValidationSettings(), shard="p")
+    kept = docs(bias_toxicity=[5.0, 0.0, 1.0], bias_toxic_terms=[3, 0, 1])
+    msg = fail("bias", kept, params=params)
+    assert "expect_column_values_to_be_between (column 'bias_toxicity', max_value=2.0)" in msg
+    assert "column 'bias_toxicity', max_value=2.0" in warned("bias", kept, params)
+    assert "column 'bias_toxic_terms', min_value=0" in fail("bias", docs(bias_toxic_terms=[0, -1, 0]), params=params)
 
 
 def test_rejected_rows_need_reason_and_stage():
