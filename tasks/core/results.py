@@ -195,14 +195,38 @@ def refuse_foreign_record(store: Any, key: str) -> None:
         check_record(content, key)
     except UnsafeResultError as e:
         logger.warning("%s", e)
-        _delete_record(storage, key)
+        delete_record(storage, key)
 
 
-def _delete_record(storage: Any, key: str) -> None:
+# --- where a record lives: the one use of a private Prefect member ----------------------------
+
+# Prefect's storage blocks have no public "where is the file of this key": LocalFileSystem and
+# RemoteFileSystem resolve it with this private method. Only record_path calls it, and
+# tests/test_prefect_records.py fails, naming it, when a Prefect upgrade renames or changes it.
+RESOLVE_PATH = "_resolve_path"
+
+
+def record_path(storage: Any, key: str) -> str | None:
+    """The file of ``key`` in a Prefect storage block; None for a block that cannot say (logged, naming why)."""
+    resolve = getattr(storage, RESOLVE_PATH, None)
+    if resolve is None:
+        logger.warning(
+            "result storage %s has no %s(): lmwright cannot delete its record %r (a stale cache entry may be reused)",
+            type(storage).__name__, RESOLVE_PATH, key,
+        )
+        return None
+    return str(resolve(key))
+
+
+def delete_record(storage: Any, key: str) -> None:
+    """Delete the record file of ``key`` in ``storage`` (a local folder or an fsspec RemoteFileSystem), if there is one."""
+    path = record_path(storage, key)
+    if path is None:
+        return
     fs = getattr(storage, "filesystem", None)
-    path = storage._resolve_path(key)
     if fs is not None:  # a RemoteFileSystem block (fsspec)
-        fs.rm(str(path))
+        if fs.exists(path):
+            fs.rm(path)
     else:
         Path(path).unlink(missing_ok=True)
 
