@@ -218,10 +218,12 @@ def load_table(name_or_path: str) -> dict[str, LanguageQuality]:
 
 
 def resolve_quality(params: QualityParams) -> QualityParams:
-    """The table read into ``languages`` (the user's entries laid over it) and ``language_table`` cleared.
+    """The table read into ``languages``, the user's entries laid over its entries.
 
     The flow resolves before planning the stage, so the stage's fingerprint covers the
-    table's contents, not only its name: editing the table reruns quality.
+    table's contents, not only its name: editing the table reruns quality. Resolving again
+    changes nothing (the table's fields are already under the user's), so the stage may
+    resolve what it is given.
     """
     if params.language_table is None:
         return params
@@ -229,7 +231,9 @@ def resolve_quality(params: QualityParams) -> QualityParams:
     merged = dict(table)
     for lang, mine in params.languages.items():
         merged[lang] = mine.over(table[lang]) if lang in table else mine
-    return params.model_copy(update={"language_table": None, "languages": dict(sorted(merged.items()))})
+    path = table_path(params.language_table)
+    name = params.language_table if path.parent == LANGUAGE_TABLES else str(path.resolve())  # a worker elsewhere finds it
+    return params.model_copy(update={"language_table": name, "languages": dict(sorted(merged.items()))})
 
 
 def settings_for(params: QualityParams, lang: str | None) -> QualitySettings:
