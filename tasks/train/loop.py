@@ -28,8 +28,11 @@ from lmwright.models.gpt import GPT, GPTConfig, apply_lora, merge_lora
 from lmwright.tasks.core.errors import TrainingDataError
 from lmwright.tasks.core.files import atomic_write_text
 from lmwright.tasks.train.params import LoraParams, ModelSpec, TrainParams  # noqa: F401 - defined without torch, for configs
+from lmwright.tasks.train.muon import MuonAdamW
+from lmwright.tasks.train.plan import measure_peak_flops
 
 VERSION = "1"
+CLOCK_EVERY = 10  # steps between the ranks' agreement on the clock (a collective and a device sync)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,37 @@ def resolve_device(params: TrainParams) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def on_cuda(params: TrainParams, device: str | None = None) -> bool:
+    """Where a switch left at null (compile, fused AdamW, pinned memory, vocab padding) turns on."""
+    return (device or resolve_device(params)).startswith("cuda")
+
+
+def padded_vocab(vocab_size: int, params: TrainParams) -> int:
+    """The model's vocabulary: the tokenizer's, rounded up to ``vocab_multiple`` (64 on CUDA: tensor-core shapes).
+
+    The extra rows are never a target, so training pushes their logits down; nanoGPT pads GPT-2's
+    50257 to 50304 the same way."""
+    multiple = params.vocab_multiple or (64 if on_cuda(params) else 1)
+    return -(-vocab_size // multiple) * multiple
+
+
+def build_optimizer(model: GPT, params: TrainParams, device: str) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (the fused kernel, one launch for every parameter, by default on CUDA);
+    or Muon for the blocks' matrices with AdamW for the embedding and the gains (``tasks.train.muon``)."""
+    betas = (params.beta1, params.beta2)
+    if params.optimizer == "muon":
+        hidden = {id(p) for p in model.blocks.parameters() if p.dim() == 2}
+        decay, no_decay = (g["params"] for g in model.param_groups(params.weight_decay))
+        groups = [
+            {"params": [p for p in decay if id(p) in hidden], "muon": True},
+            {"params": [p for p in decay if id(p) not in hidden], "weight_decay": params.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return MuonAdamW(groups, lr=params.lr, betas=betas, lr_scale=params.muon_lr / params.lr)
+    fused = params.fused_adamw if params.fused_adamw is not None else on_cuda(params, device)
+    return torch.optim.AdamW(model.param_groups(params.weight_decay), lr=params.lr, betas=betas, fused=fused)
+
+
 def lr_at(step: int, p: TrainParams, total_steps: int | None = None) -> float:
     """Linear warmup, then cosine decay to min_lr over the run's steps.
 
@@ -95,23 +129,27 @@ def step_budget(p: TrainParams, train_tokens: int, tokens_per_step: int) -> int:
 
 
 def batch_at(
-    data: np.ndarray, mask: np.ndarray | None, block: int, batch: int, seed: int, step: int, micro: int, device: str
+    data: np.ndarray, mask: np.ndarray | None, block: int, batch: int, seed: int, step: int, micro: int, device: str,
+    pin: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The micro-batch for (step, micro): a pure function of the seed, so resuming replays it exactly."""
+    """The micro-batch for (step, micro): a pure function of the seed, so resuming replays it exactly.
+
+    ``pin``: copy from page-locked host memory without blocking, so the copy overlaps the GPU's work."""
+
+    def to_device(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.pin_memory().to(device, non_blocking=True) if pin else t.to(device)
+
     rng = np.random.default_rng([seed, step, micro])
     if mask is None:
         ix = rng.integers(0, len(data) - block - 1, size=batch)
         x = np.stack([data[i : i + block] for i in ix]).astype(np.int64)
         y = np.stack([data[i + 1 : i + 1 + block] for i in ix]).astype(np.int64)
-        return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), None
+        return to_device(x), to_device(y), None
     rows = rng.integers(0, len(data), size=batch)
     seq = data[rows].astype(np.int64)  # (B, block + 1)
     m = mask[rows][:, 1:].astype(np.float32)  # the mask of each target token
-    return (
-        torch.from_numpy(np.ascontiguousarray(seq[:, :-1])).to(device),
-        torch.from_numpy(np.ascontiguousarray(seq[:, 1:])).to(device),
-        torch.from_numpy(np.ascontiguousarray(m)).to(device),
-    )
+    return to_device(seq[:, :-1]), to_device(seq[:, 1:]), to_device(m)
 
 
 @torch.no_grad()
@@ -142,6 +180,9 @@ class TrainResult(BaseModel):
     seconds: float
     flops: float
     model_config_json: dict[str, Any]
+    tokens_per_s: float | None = None  # in training steps (validations and the final checkpoint left out)
+    peak_flops: float | None = None  # what MFU is measured against (measured at the start unless given)
+    mfu: float | None = None  # model FLOPs utilisation of the training steps
 
 
 StepHook = Callable[[int, int, Callable[[], float]], None]
@@ -173,6 +214,8 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     if params.threads:
         torch.set_num_threads(params.threads)
+    if on_cuda(params, device):  # TF32 for the matmuls autocast leaves in fp32 (process-wide, as nanoGPT sets it)
+        torch.set_float32_matmul_precision("high" if params.tf32 else "highest")
     last, best = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
     torch.manual_seed(params.seed)
     cfg = model_config(params, vocab_size, init_from)
@@ -182,9 +225,7 @@ def train(
         load_checkpoint(init_from, model, restore_rng=False)  # transfer learning: start from pretrained weights
     if lora is not None:
         apply_lora(model, lora.rank, lora.alpha, targets=tuple(lora.targets))
-    optimizer = torch.optim.AdamW(
-        model.param_groups(params.weight_decay), lr=params.lr, betas=(params.beta1, params.beta2), fused=False
-    )
+    optimizer = build_optimizer(model, params, device)
     state = {"step": 0, "best_val_loss": float("inf"), "best_step": 0, "bad_evals": 0, "tokens_seen": 0, "seconds": 0.0,
              "validated_step": -1}
     if last.exists():  # a killed or retried attempt: continue where its last checkpoint left off
@@ -193,20 +234,37 @@ def train(
     ctx = _autocast(params, device)
     if world > 1:  # dropout streams differ per rank (a single process keeps its restored RNG: exact resume)
         torch.manual_seed(params.seed + 7919 * rank + state["step"])
-    runnable = torch.compile(model) if params.compile else model
+    # compiled: the forward including the loss (one graph), so the logits' float copy is fused away
+    runnable = torch.compile(model) if (params.compile if params.compile is not None else on_cuda(params, device)) else model
     # DDP averages gradients across ranks; each rank draws its own micro-batches, so the
     # global batch equals a single process's with grad_accum * world micro-batches.
     trainable = DistributedDataParallel(runnable) if world > 1 else runnable
     block = cfg.block_size
     tokens_per_step = params.batch_size * params.grad_accum * block * world
+    pin = (params.pin_memory is not False) and on_cuda(params, device)
+    flops_per_token = model.flops_per_token()
+    peak = (params.peak_flops or measure_peak_flops(device, params.threads, _matmul_dtype(params, device))) if lead else None
+    # training since the last validation (its throughput and MFU) and in total; validations are not training
+    window = {"start": time.perf_counter(), "tokens": 0, "train_s": 0.0, "train_tokens": 0}
     metrics = open(out_dir / "metrics.jsonl", "a") if lead else open(os.devnull, "w")
     started = time.perf_counter() - state["seconds"]
 
+    def throughput() -> dict[str, float | None]:
+        """Tokens/s and MFU of the steps since the last validation (a sync: the queued work is timed too)."""
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - window["start"]
+        window["train_s"] += elapsed
+        window["train_tokens"] += window["tokens"]
+        speed = window["tokens"] / elapsed if window["tokens"] and elapsed > 0 else None
+        return {"tokens_per_s": speed, "mfu": speed * flops_per_token / peak if speed and peak else None}
+
     def validate(step: int) -> bool:
         """Validate the current weights, keep them if best; True when patience ran out."""
+        speed = throughput()
         losses = estimate_loss(runnable, batches, params, block, device, ctx)
         record = {"step": step, **losses, "lr": lr_at(step, params, step_budget(params, batches.train_tokens, tokens_per_step)),
-                  "seconds": time.perf_counter() - started}
+                  "seconds": time.perf_counter() - started, **speed}
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         state["validated_step"] = step
@@ -218,11 +276,17 @@ def train(
             if lead:
                 save_checkpoint(best, model, None, _state(state, step))
         state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+        window.update(start=time.perf_counter(), tokens=0)
         return params.patience is not None and state["bad_evals"] >= params.patience
+
+    def fetch(at: int, micro: int) -> tuple[int, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        index = rank * params.grad_accum + micro
+        return at, micro, batch_at(batches.train, batches.train_mask, block, params.batch_size, params.seed, at, index, device, pin)
 
     stopped = "max_steps"
     step = state["step"]
     loss = torch.zeros(())
+    queued = fetch(step, 0)
     while step < (total := step_budget(params, batches.train_tokens, tokens_per_step)):
         if step % params.eval_interval == 0 and state["validated_step"] != step and validate(step):
             stopped = "early_stopping"
@@ -231,11 +295,12 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(params.grad_accum):
-            index = rank * params.grad_accum + micro
-            x, y, m = batch_at(batches.train, batches.train_mask, block, params.batch_size, params.seed, step, index, device)
+            x, y, m = queued[2] if queued[:2] == (step, micro) else fetch(step, micro)[2]
             sync = world == 1 or micro == params.grad_accum - 1  # all-reduce once per step, not per micro-batch
             with ctx, (contextlib.nullcontext() if sync else trainable.no_sync()):
                 _, loss = trainable(x, y, loss_mask=m)
+                # the next micro-batch is drawn (and, pinned, its copy queued) while the device runs this one
+                queued = fetch(step, micro + 1) if micro + 1 < params.grad_accum else fetch(step + 1, 0)
                 (loss / params.grad_accum).backward()
         if params.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
@@ -243,12 +308,14 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         state["tokens_seen"] += tokens_per_step
+        window["tokens"] += tokens_per_step
         state["seconds"] = time.perf_counter() - started
         if on_step and lead:
             on_step(step, total, lambda: float(loss.detach().item()))
         if step % params.checkpoint_interval == 0 and lead:
             save_checkpoint(last, model, optimizer, _state(state, step))
-        if params.max_seconds and _lead_clock(state["seconds"], world, device) >= params.max_seconds:
+        clock_due = world == 1 or step % CLOCK_EVERY == 0  # ranks agree on the clock every few steps, not every step
+        if params.max_seconds and clock_due and _lead_clock(state["seconds"], world, device) >= params.max_seconds:
             stopped = "max_seconds"
             break
     if state["validated_step"] != step:  # every stop ends with a validation: best considers the final weights
@@ -264,9 +331,13 @@ def train(
         stopped=stopped,
         tokens_seen=state["tokens_seen"],
         seconds=state["seconds"],
-        flops=float(model.flops_per_token() * state["tokens_seen"]),
+        flops=float(flops_per_token * state["tokens_seen"]),
         model_config_json=cfg.to_dict(),
+        tokens_per_s=window["train_tokens"] / window["train_s"] if window["train_s"] > 0 else None,
+        peak_flops=peak,
     )
+    if result.tokens_per_s and peak:
+        result.mfu = result.tokens_per_s * flops_per_token / peak
     if not lead:
         dist.barrier()  # wait for the lead's final checkpoints
         return result
@@ -291,16 +362,24 @@ def _lead_clock(seconds: float, world: int, device: str) -> float:
 
 def model_config(params: TrainParams, vocab_size: int, init_from: Path | None) -> GPTConfig:
     if init_from is None:
-        return params.model.build(vocab_size)
+        return params.model.build(padded_vocab(vocab_size, params))
     saved = load_config(init_from)
     # The architecture is the checkpoint's; regularization is this run's to choose.
     return GPTConfig.from_dict({**saved, "dropout": params.model.overrides.get("dropout", saved["dropout"])})
 
 
+def _bf16(params: TrainParams, device: str) -> bool:
+    return params.dtype == "bfloat16" or (params.dtype == "auto" and device.startswith("cuda"))
+
+
+def _matmul_dtype(params: TrainParams, device: str) -> torch.dtype:
+    """What the model's matmuls run in: the precision their peak is measured in."""
+    return torch.bfloat16 if _bf16(params, device) else torch.float32
+
+
 def _autocast(params: TrainParams, device: str) -> Any:
     kind = device.split(":")[0]  # a DDP rank trains on "cuda:<local rank>"; autocast wants the device type
-    use_bf16 = params.dtype == "bfloat16" or (params.dtype == "auto" and kind == "cuda")
-    if use_bf16:
+    if _bf16(params, device):
         return torch.autocast(device_type=kind, dtype=torch.bfloat16)
     return torch.autocast(device_type="cpu", enabled=False)
 

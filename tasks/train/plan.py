@@ -162,3 +162,32 @@ def measure_step_seconds(model: GPT, batch_size: int, grad_accum: int, device: s
             times.append(time.perf_counter() - start)
     model.train(was_training)
     return min(times[1:] or times) * STEP_COST_IN_FORWARDS * grad_accum
+
+
+def measure_peak_flops(device: str, threads: int | None = None, dtype: torch.dtype | None = None) -> float:
+    """The FLOP/s a large square matmul reaches here now: the peak that MFU is measured against.
+
+    Measured, not a datasheet number, so MFU reads the same way on a CPU and a GPU: the share of
+    what a matmul gets on this machine. CPU: fp32 (what training runs), 1024^3, best of 5 (about
+    0.1 s on 2 cores). CUDA: bf16 by default (what autocast runs), 8192^3, after a warm-up.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    cuda = device.startswith("cuda")
+    n = 8192 if cuda else 1024
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    own = torch.Generator(device=device).manual_seed(0)  # the global RNG feeds dropout: a resumed run must not see a draw here
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=own)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=own)
+    best = float("inf")
+    for rep in range(6):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(10 if cuda else 1):
+            a @ b
+        if cuda:
+            torch.cuda.synchronize(device)
+        if rep:  # the first round warms up the BLAS / the GPU clocks
+            best = min(best, (time.perf_counter() - start) / (10 if cuda else 1))
+    return 2 * n**3 / best
