@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -14,7 +15,7 @@ from lmwright.flows.refresh import RefreshResult, refresh
 from lmwright.tasks.core.dataset import DatasetRef
 from lmwright.tasks.curate.dedup.params import DedupParams
 from lmwright.tasks.refresh.ledger import ledger_path
-from lmwright.tasks.refresh.mix import replay_budget
+from lmwright.tasks.refresh.mix import replay_budget, run_mix
 from lmwright.tasks.refresh.previous_dedup import (
     EXACT_BAND,
     REASON_ID,
@@ -25,6 +26,7 @@ from lmwright.tasks.refresh.previous_dedup import (
 )
 from lmwright.tasks.refresh.settings import RefreshSettings
 from lmwright.tasks.refresh.versions import read_latest, version_parts
+from lmwright.tasks.train.token_dataset import TokenDatasetRef
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -272,3 +274,53 @@ def test_settings_and_replay_budget() -> None:
     with pytest.raises(ValueError, match="cron"):
         RefreshSettings(cron="every night")
     assert replay_budget(1000, 0.5) == 1000 and replay_budget(900, 0.25) == 300 and replay_budget(10, 0.0) == 0
+
+
+def hand_tokens(path: Path, splits: dict[str, list[list[int]]], prefix: str) -> tuple[TokenDatasetRef, dict[str, list[int]]]:
+    """A token dataset written by hand: each split's documents back to back, indexed in docs.parquet."""
+    path.mkdir(parents=True)
+    rows, by_id = [], {}
+    for split, documents in splits.items():
+        flat = [t for d in documents for t in d]
+        (path / f"{split}.bin").write_bytes(np.asarray(flat, dtype="<u2").tobytes())
+        offset = 0
+        for i, d in enumerate(documents):
+            doc_id = f"{prefix}-{split}-{i}"
+            rows.append({"id": doc_id, "split": split, "offset": offset, "tokens": len(d), "bytes": 4 * len(d),
+                         "source": "s", "lang": "en", "repeats": 1})
+            by_id[doc_id] = d
+            offset += len(d)
+    pl.DataFrame(rows).write_parquet(path / "docs.parquet")
+    (path / "tokenizer.json").write_text("{}")
+    count = {s: sum(map(len, ds)) for s, ds in splits.items()}
+    meta = {"format": "lmwright-tokens-1", "dtype": "uint16", "vocab_size": 100,
+            "files": {"train": "train.bin", "val": "val.bin", "tokenizer": "tokenizer.json", "docs": "docs.parquet"},
+            "tokens": count, "docs": {s: len(ds) for s, ds in splits.items()},
+            "bytes": {s: 4 * n for s, n in count.items()}, "bytes_per_token": {s: 4.0 for s in splits}}
+    (path / "meta.json").write_text(json.dumps(meta))
+    (path / "manifest.json").write_text("{}")
+    return TokenDatasetRef(str(path), path.name), by_id
+
+
+def test_mix_writes_the_new_split_whole_then_each_replayed_document(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    doc = lambda n: rng.integers(0, 100, n).tolist()  # noqa: E731
+    new, new_docs = hand_tokens(tmp_path / "new", {"train": [doc(7), doc(5)], "val": []}, "new")
+    old, old_docs = hand_tokens(tmp_path / "old", {"train": [doc(n) for n in (3, 9, 4, 6, 8)],
+                                                   "val": [doc(n) for n in (5, 6, 7)]}, "old")
+    settings = RefreshSettings(replay_fraction=0.5, min_val_tokens=0, carbon_window=None)
+    mixed = run_mix(tmp_path / "w", new, [old], settings, block_size=4)
+
+    train, val = mixed.tokens("train"), mixed.tokens("val")
+    assert train[:12].tolist() == new_docs["new-train-0"] + new_docs["new-train-1"]  # the new split first, whole
+    docs = mixed.docs()
+    replayed = docs.filter(pl.col("origin") == 1)
+    assert replayed.filter(pl.col("split") == "train").height and replayed.filter(pl.col("split") == "val").height
+    for r in docs.iter_rows(named=True):  # every document's tokens sit where the index says
+        tokens = (train if r["split"] == "train" else val)[r["offset"] : r["offset"] + r["tokens"]].tolist()
+        assert tokens == {**new_docs, **old_docs}[r["id"]], r["id"]
+    assert len(train) == docs.filter(pl.col("split") == "train")["tokens"].sum() == mixed.meta()["tokens"]["train"]
+    assert len(val) == docs.filter(pl.col("split") == "val")["tokens"].sum() >= 2 * (4 + 1)  # topped up to min_val
+    manifest = mixed.manifest()
+    assert manifest["stage"] == "refresh_mix" and manifest["tokens"] == mixed.meta()["tokens"]
+    assert set(manifest["files"]) == {"train.bin", "val.bin", "tokenizer.json", "docs.parquet", "meta.json"}

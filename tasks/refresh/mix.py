@@ -3,15 +3,14 @@
 A refresh's new tokens plus a replay sample of earlier versions' tokens (against forgetting):
 whole documents chosen by a hash of their id, in the same split they had, so no document is in
 both. Stage ``refresh_mix`` writes a token dataset like tokenize's (train.bin, val.bin,
-docs.parquet, meta.json with a ``mix`` section, manifest last).
+docs.parquet, meta.json with a ``mix`` section, manifest last) through the same writers
+(tasks/train/pack.py's ``write_ranges`` and ``write_token_manifest``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,11 @@ from prefect import get_run_logger
 from pydantic import BaseModel
 
 from lmwright.data_quality import DataQualityError
-from lmwright.tasks.core.dataset import canonical_json, file_sha256
-from lmwright.tasks.core.files import atomic_copy, atomic_path, write_json
+from lmwright.tasks.core.dataset import write_parquet
+from lmwright.tasks.core.files import atomic_copy, write_json
 from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
 from lmwright.tasks.refresh.settings import RefreshSettings
+from lmwright.tasks.train.pack import write_ranges, write_token_manifest
 from lmwright.tasks.train.token_dataset import DOCS_FILE, META_FILE, TOKENIZER_FILE, TokenDatasetRef
 
 VERSION = "1"
@@ -92,7 +92,7 @@ def mix_tokens(
         replay = replay.sort("origin", "offset") if replay is not None else None
         # the new split exactly as tokenize packed it (mixture repeats included), then the replay documents
         base = int(meta["tokens"][split])
-        _write_split(out / f"{split}.bin", new.dir / meta["files"][split], old, replay, split, dtype)
+        write_ranges(out / f"{split}.bin", _split_ranges(base, replay), _split_arrays(new, old, split), dtype)
         if replay is not None and replay.height:
             replay = replay.with_columns(
                 (base + pl.col("tokens").cum_sum() - pl.col("tokens")).alias("offset"), pl.lit(1).alias("repeats")
@@ -101,8 +101,7 @@ def mix_tokens(
         mine = new_docs.filter(pl.col("split") == split)
         index += [mine] + ([replayed[split]] if split in replayed else [])
     docs = pl.concat(index, how="diagonal_relaxed")
-    with atomic_path(out / DOCS_FILE) as tmp:
-        docs.write_parquet(tmp, compression="zstd")
+    write_parquet(docs, out / DOCS_FILE)
     atomic_copy(new.dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
     mixed_meta = json.loads(json.dumps(meta))
     replay_tokens = {s: int(replayed[s]["tokens"].sum()) if s in replayed else 0 for s in ("train", "val")}
@@ -125,15 +124,8 @@ def mix_tokens(
     _check_mix(out, mixed_meta, docs)
     write_json(out / "stats.json", {"stage": MIX_STAGE, "fingerprint": work.fingerprint, **mix_info,
                                     "seconds": round(time.perf_counter() - start, 4)})
-    files = {n: {"sha256": file_sha256(out / n), "bytes": (out / n).stat().st_size}
-             for n in ("train.bin", "val.bin", TOKENIZER_FILE, DOCS_FILE, META_FILE)}
-    write_json(out / "manifest.json", {
-        "stage": MIX_STAGE, "fingerprint": work.fingerprint, "version": VERSION,
-        "params": json.loads(canonical_json(params)),
-        "inputs": [{"path": r.path, "fingerprint": r.fingerprint} for r in [new, *old]],
-        "dtype": meta["dtype"], "vocab_size": meta["vocab_size"],
-        "tokens": mixed_meta["tokens"], "docs": mixed_meta["docs"], "files": files,
-    })  # LAST
+    inputs = [{"path": r.path, "fingerprint": r.fingerprint} for r in [new, *old]]
+    write_token_manifest(out, MIX_STAGE, work.fingerprint, VERSION, params, inputs, mixed_meta)  # LAST
     get_run_logger().info(
         "mix: %d new + %d replay train tokens, %d new + %d replay val tokens",
         mix_info["new_tokens"]["train"], mix_info["replay_tokens"]["train"],
@@ -150,19 +142,19 @@ def packed_docs(ref: TokenDatasetRef) -> pl.DataFrame:
     return docs.filter(pl.col("offset").is_not_null())
 
 
-def _write_split(
-    dest: Path, new_bin: Path, old: list[TokenDatasetRef], replay: pl.DataFrame | None, split: str, dtype: np.dtype
-) -> None:
-    """The new split's .bin copied whole, then each replay document's token range (tmp + rename)."""
-    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
-        with open(new_bin, "rb") as src:
-            shutil.copyfileobj(src, f, 16 << 20)
-        if replay is not None and replay.height:
-            arrays = {k: old[k - 1].tokens(split) for k in set(replay["origin"].to_list())}
-            for origin, offset, n in replay.select("origin", "offset", "tokens").iter_rows():
-                f.write(np.asarray(arrays[origin][offset : offset + n], dtype=dtype).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+def _split_arrays(new: TokenDatasetRef, old: list[TokenDatasetRef], split: str) -> list[Path]:
+    """One split's arrays by origin: 0 the new tokens, k the k-th replay source."""
+    return [r.dir / r.meta()["files"][split] for r in (new, *old)]
+
+
+def _split_ranges(new_tokens: int, replay: pl.DataFrame | None) -> pl.DataFrame:
+    """The token ranges of one mixed split, in order (``write_ranges`` rows: shard = origin, local =
+    offset, tokens): the new split whole, then each replay document's range."""
+    parts = [pl.DataFrame({"shard": [0], "local": [0], "tokens": [new_tokens]})] if new_tokens else []
+    if replay is not None and replay.height:
+        parts.append(replay.select(pl.col("origin").alias("shard"), pl.col("offset").alias("local"), "tokens"))
+    schema = {"shard": pl.Int64, "local": pl.Int64, "tokens": pl.Int64}
+    return pl.concat([p.cast(schema) for p in parts]) if parts else pl.DataFrame(schema=schema)
 
 
 def _check_mix(out: Path, meta: dict[str, Any], docs: pl.DataFrame) -> None:

@@ -10,6 +10,7 @@ data or the repeats.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -19,7 +20,7 @@ import polars as pl
 
 from lmwright.data_quality import DataQualityError
 from lmwright.models.tokenizer import token_dtype
-from lmwright.tasks.core.dataset import write_parquet
+from lmwright.tasks.core.dataset import canonical_json, file_sha256, write_parquet
 from lmwright.tasks.core.files import atomic_path, write_json
 from lmwright.tasks.curate.mixture import epoch_order, mixture_plan, mixture_report
 from lmwright.tasks.train.token_dataset import (
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # a type only: tokenize imports this module
     from lmwright.tasks.train.tokenize import TokenizeParams
 
 COPY_BLOCK = 16 << 20
+TOKEN_FILES = ("train.bin", "val.bin", TOKENIZER_FILE, DOCS_FILE, META_FILE)  # what a token manifest hashes
 
 
 def concat_files(sources: Sequence[Path], dest: Path) -> None:
@@ -195,3 +197,25 @@ def pack_shards(out: Path, params: TokenizeParams, tok_info: Mapping[str, Any], 
     }
     write_json(out / META_FILE, meta)
     return meta
+
+
+def write_token_manifest(
+    out: Path, stage: str, fingerprint: str, version: str, params: Any, inputs: list[dict[str, Any]], meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """manifest.json of a finished token dataset (tokenize's, the refresh mix's), returned: written LAST,
+    after its arrays, docs.parquet, tokenizer and meta.json, whose sizes and hashes it records."""
+    files = {name: {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size} for name in TOKEN_FILES}
+    manifest = {
+        "stage": stage,
+        "fingerprint": fingerprint,
+        "version": version,
+        "params": json.loads(canonical_json(params)),
+        "inputs": inputs,
+        "dtype": meta["dtype"],
+        "vocab_size": meta["vocab_size"],
+        "tokens": meta["tokens"],
+        "docs": meta["docs"],
+        "files": files,
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest

@@ -42,16 +42,14 @@ from lmwright.models.tokenizer import (
     train_bpe,
     vocab_size_of,
 )
-from lmwright.tasks.core.dataset import DatasetRef, canonical_json, file_sha256, shard_name, write_parquet
+from lmwright.tasks.core.dataset import DatasetRef, file_sha256, shard_name, write_parquet
 from lmwright.tasks.core.energy import EnergySettings, merge_energy, track
 from lmwright.tasks.core.files import atomic_path, point_latest, write_json
 from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
 from lmwright.tasks.curate.mixture import MixtureParams
-from lmwright.tasks.train.pack import pack_shards
+from lmwright.tasks.train.pack import pack_shards, write_token_manifest
 from lmwright.tasks.train.token_dataset import (
     DOC_INDEX_SCHEMA,
-    DOCS_FILE,
-    META_FILE,
     SPLITS,
     TOKENIZER_FILE,
     TokenDatasetRef,
@@ -371,21 +369,8 @@ def _finish_pack(
     write_json(out / "stats.json", stats)
     validate_token_dataset(out, corpus, params, validation)
 
-    files = {name: {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
-             for name in ("train.bin", "val.bin", TOKENIZER_FILE, DOCS_FILE, META_FILE)}
-    manifest = {
-        "stage": STAGE,
-        "fingerprint": work.fingerprint,
-        "version": VERSION,
-        "params": json.loads(canonical_json(params)),
-        "inputs": [{"stage": corpus.stage, "fingerprint": corpus.fingerprint, "path": corpus.path}],
-        "dtype": meta["dtype"],
-        "vocab_size": meta["vocab_size"],
-        "tokens": meta["tokens"],
-        "docs": meta["docs"],
-        "files": files,
-    }
-    write_json(out / "manifest.json", manifest)  # LAST: from now on the dataset exists
+    inputs = [{"stage": corpus.stage, "fingerprint": corpus.fingerprint, "path": corpus.path}]
+    manifest = write_token_manifest(out, STAGE, work.fingerprint, VERSION, params, inputs, meta)  # LAST: the dataset exists
     point_latest(out, "tokenize")
 
     # The shard arrays duplicate train.bin/val.bin: drop them (marker first, see module doc).
