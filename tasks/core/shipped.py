@@ -8,3 +8,11 @@ from pathlib import Path
 # Both hold configs/ beside flows/ and tasks/.
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
+
+
+def shipped_or_local(path: str | Path) -> Path:
+    """An absolute path as is; a relative one against the working directory, else under the lmwright root (configs/...)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return ROOT / p

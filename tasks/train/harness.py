@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import yaml
 
 from lmwright.tasks.core.errors import UserError
+from lmwright.tasks.core.shipped import shipped_or_local
 from lmwright.tasks.train.params import TaskParams
 
 EXTRA_HINT = "pip install 'lmwright[eval]'"
@@ -29,9 +30,7 @@ class TaskError(UserError):
 
 def task_yamls(include_path: str | Path) -> list[Path]:
     """The task YAMLs of a directory: as given, relative to the working directory, or shipped under configs/."""
-    from lmwright.tasks.curate.bias import resolve_path
-
-    root = resolve_path(include_path)
+    root = shipped_or_local(include_path)
     if not root.is_dir():
         raise TaskError(f"evaluate.tasks.include_path {root}: not a directory of lm-eval task YAMLs")
     return sorted(p for p in root.rglob("*.yaml") if p.is_file())
