@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmwright.data_quality import ValidationSettings
 from lmwright.tasks.core.shipped import CONFIG_DIR
-from lmwright.tasks.curate.bias import BiasAuditParams, BiasParams
+from lmwright.tasks.curate.bias.audit import BiasAuditParams
+from lmwright.tasks.curate.bias.filter import BiasParams
 from lmwright.tasks.curate.dedup.params import DedupParams
 from lmwright.tasks.core.energy import CarbonWindow, EnergySettings
 from lmwright.tasks.core.errors import UserError

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from lmwright.flows.runners import default_task_runner
 from lmwright.flows.config import CurateConfig
 from lmwright.flows.forms import DEFAULT_PRESET, CurateForm, resolve_config
-from lmwright.tasks.curate.bias import BIAS_STAGE
+from lmwright.tasks.curate.bias.filter import BIAS_STAGE
 from lmwright.tasks.curate.card import CardInputs, card_work, require_documents, write_card
 from lmwright.tasks.core.dataset import DatasetRef
 from lmwright.tasks.curate.dedup.stage import run_dedup

@@ -13,27 +13,18 @@ import pytest
 import torch
 
 from lmwright.tasks.core.shipped import CONFIG_DIR
-from lmwright.tasks.curate.bias import (
-    AXES,
-    BIAS_STAGE,
+from lmwright.tasks.curate.bias.audit import (
     BiasAuditParams,
-    BiasParams,
-    ProbeSet,
-    apply_bias,
     audit_to_json,
     bias_audit,
-    cap_keep_probabilities,
     fairness_violations,
     filter_fairness,
-    load_lexicons,
-    load_probes,
-    probe_bias,
-    probe_gate_failures,
-    probe_metrics,
     render_bias_markdown,
     representation,
-    terms_pattern,
 )
+from lmwright.tasks.curate.bias.filter import BIAS_STAGE, BiasParams, apply_bias, cap_keep_probabilities
+from lmwright.tasks.curate.bias.lexicons import AXES, terms_pattern
+from lmwright.tasks.train.probes import ProbeSet, load_probes, probe_bias, probe_gate_failures, probe_metrics
 from lmwright.tasks.core.dataset import DatasetRef, fingerprint, split_decisions, write_manifest, write_shard
 
 

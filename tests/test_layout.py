@@ -97,7 +97,7 @@ def test_a_wheel_install_holds_only_lmwright_and_runs_from_it(tmp_path: Path) ->
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
-        "import importlib.util, lmwright.flows.config as c, lmwright.tasks.curate.bias as b\n"
+        "import importlib.util, lmwright.flows.config as c, lmwright.tasks.curate.bias.filter as b\n"
         "assert c.CONFIG_DIR.is_relative_to(%r), c.CONFIG_DIR\n"
         "assert c.load_config(c.PipelineConfig, 'tiny').pretrain.max_steps > 0\n"
         "assert b.load_lexicons().toxicity\n"

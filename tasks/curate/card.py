@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 from prefect import get_run_logger
 
 from lmwright.data_quality import DataQualityError, ValidationSettings
-from lmwright.tasks.curate.bias import BiasAuditParams, BiasParams, audit_to_json, bias_audit, fairness_violations, render_bias_markdown
+from lmwright.tasks.curate.bias.audit import BiasAuditParams, audit_to_json, bias_audit, fairness_violations, render_bias_markdown
+from lmwright.tasks.curate.bias.filter import BiasParams
 from lmwright.tasks.core.dataset import DatasetRef, atomic_write_text, fingerprint
 from lmwright.tasks.core.energy import energy_markdown, energy_table
 from lmwright.tasks.core.errors import UserError

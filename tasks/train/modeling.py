@@ -28,7 +28,7 @@ from lmwright.models.tokenizer import CHAT_TEMPLATE
 from lmwright.tasks.core.files import atomic_copy, write_json
 from lmwright.tasks.core.shipped import ROOT
 from lmwright.tasks.core.files import disk_problem, point_latest
-from lmwright.tasks.curate.bias import load_probes, probe_bias, probe_gate_failures, probe_metrics
+from lmwright.tasks.train.probes import load_probes, probe_bias, probe_gate_failures, probe_metrics
 from lmwright.tasks.core.energy import EnergyRecord, EnergySettings, track, training_efficiency
 from lmwright.tasks.train.sft import SftDatasetRef
 from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
