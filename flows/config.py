@@ -19,7 +19,8 @@ from lmwright.tasks.core.shipped import CONFIG_DIR
 from lmwright.tasks.curate.bias.audit import BiasAuditParams
 from lmwright.tasks.curate.bias.filter import BiasParams
 from lmwright.tasks.curate.dedup.params import DedupParams
-from lmwright.tasks.core.energy import CarbonWindow, EnergySettings
+from lmwright.tasks.core.energy import EnergySettings
+from lmwright.tasks.train.carbon_window import CarbonWindow
 from lmwright.tasks.core.errors import UserError
 from lmwright.tasks.curate.ingest import IngestParams
 from lmwright.tasks.curate.langid import LangidParams

@@ -24,7 +24,7 @@ from lmwright.flows.forms import DEFAULT_PRESET, RefreshForm, RefreshSettingsFor
 from lmwright.flows.train import Evaluation, TrainedModels, evaluate_flow
 from lmwright.models.checkpoint import load_config
 from lmwright.tasks.core.dataset import DatasetRef, file_sha256, is_complete
-from lmwright.tasks.core.energy import wait_for_window
+from lmwright.tasks.train.carbon_window import wait_for_window
 from lmwright.models.run import ModelRef
 from lmwright.tasks.train.modeling import evaluate_model, finetune_model, model_work, pretrain_model
 from lmwright.tasks.refresh.ledger import Ledger, ledger_path, new_source_specs, repair_ledger, scan_sources, write_ledger

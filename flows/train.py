@@ -14,7 +14,8 @@ from lmwright.flows.config import PipelineConfig
 from lmwright.tasks.core.dataset import DatasetRef, write_json
 from prefect.artifacts import create_table_artifact
 
-from lmwright.tasks.core.energy import energy_table, wait_for_window
+from lmwright.tasks.core.energy import energy_table
+from lmwright.tasks.train.carbon_window import wait_for_window
 from lmwright.models.run import ModelRef
 from lmwright.tasks.train.modeling import evaluate_model, export_model, finetune_model, model_work, pretrain_model
 from lmwright.tasks.train.model_card import render_model_card

@@ -12,19 +12,18 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
+from lmwright.tasks.core import codecarbon_adapter as codecarbon
 from lmwright.tasks.core.energy import (
-    NIGHTLY_WINDOW,
-    CarbonWindow,
     EnergyRecord,
     EnergySettings,
-    best_start,
     energy_markdown,
     energy_table,
     merge_energy,
+    meter_tracker,
     track,
     training_efficiency,
-    wait_for_window,
 )
+from lmwright.tasks.train.carbon_window import NIGHTLY_WINDOW, CarbonWindow, best_start, wait_for_window
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SETTINGS = EnergySettings(measure_power_secs=1)
@@ -92,6 +91,29 @@ def test_concurrent_threads_share_one_tracker_without_double_counting() -> None:
     max_watts = SETTINGS.resolved_cpu_watts() + SETTINGS.resolved_ram_watts()
     assert total["energy_kwh"] * 3.6e6 <= max_watts * outer.duration_s * 1.1
     assert total["energy_kwh"] > 0 and total["records"] == 5
+
+
+def test_codecarbon_still_has_every_member_the_meter_uses() -> None:
+    """An upgrade of codecarbon that renames a private member the meter uses fails here, by name."""
+    tracker = meter_tracker(SETTINGS, threading.RLock())  # the meter's own tracker, as it builds it
+    tracker.start()
+    try:
+        missing = codecarbon.missing_members(tracker)
+        assert not missing, f"the installed codecarbon lacks {missing}: update tasks/core/codecarbon_adapter.py"
+        assert codecarbon.started(tracker)
+        assert codecarbon.hardware_modes(tracker)[0] != "unknown"
+        before = codecarbon.measure(tracker)
+        busy(0.3)
+        after = codecarbon.measure(tracker)
+        assert after.energy_kwh > before.energy_kwh >= 0 and after.co2_kg > before.co2_kg
+
+        hardware = tracker._hardware  # a codecarbon that dropped a member: the error names it
+        del tracker._hardware
+        with pytest.raises(codecarbon.CodecarbonChanged, match=r"no longer has tracker\._hardware, which lmwright"):
+            codecarbon.require_members(tracker)
+        tracker._hardware = hardware
+    finally:
+        tracker.stop()
 
 
 def test_disabled_records_only_time() -> None:
@@ -220,7 +242,7 @@ def test_wait_for_window_runs_now_without_sleeping(monkeypatch: pytest.MonkeyPat
     def no_sleep(seconds: float) -> None:
         raise AssertionError(f"slept {seconds} s")
 
-    monkeypatch.setattr("lmwright.tasks.core.energy.time.sleep", no_sleep)
+    monkeypatch.setattr("lmwright.tasks.train.carbon_window.time.sleep", no_sleep)
     d = wait_for_window(NIGHTLY_WINDOW, now=at(2026, 11, 26, 23, 0))
     assert d.action == "run_now" and d.wait_s == 0
     d = wait_for_window(CarbonWindow(enabled=False), now=at(2026, 11, 26, 15, 0))

@@ -1,4 +1,4 @@
-"""Energy, carbon and "when to train": measure every stage, and start training when the grid is cleanest.
+"""Energy and carbon: measure every stage and training run (codecarbon, offline), and report it.
 
 Measuring
 ---------
@@ -20,7 +20,8 @@ Why one tracker per process, not one per ``track``:
   the stage total would double-count.
 
 So one tracker runs for the life of the process (started lazily, stopped at exit), its
-measurement is serialized by a lock (a subclass wraps ``_measure_power_and_energy``),
+measurement is serialized by a lock (tasks/core/codecarbon_adapter.py: every private codecarbon
+member used is there, checked when the tracker starts),
 and ``track`` reads its cumulative counters at every enter and exit. Between two such
 events the set of open records is constant; the energy of that time slice is shared
 equally among them. The records of a stage's concurrent shards therefore sum to the
@@ -38,31 +39,21 @@ mode, and RAM as a constant. Both inputs are explicit settings below and the rec
 ``mode`` says which method codecarbon actually used (``rapl`` where counters exist, and
 NVML energy counters for NVIDIA GPUs, detected automatically).
 
-When to train
--------------
-``CarbonWindow`` + ``best_start(now, window)`` (pure, tested without sleeping) pick the
-start with the lowest carbon intensity before a deadline, from an hourly intensity
-profile, or the next opening of a fixed off-peak window. ``wait_for_window`` makes a
-flow wait for it the Prefect-native way (see its docstring).
+When to train (the carbon window) is tasks/train/carbon_window.py's: it gates training.
 """
 
 from __future__ import annotations
 
 import atexit
-import csv
-import json
-import logging
-import math
 import os
 import threading
 import time
 from contextlib import contextmanager
-from datetime import date, datetime, time as dtime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
-from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmwright.tasks.core import codecarbon_adapter as codecarbon
 
 # ----------------------------------------------------------------------------- settings
 
@@ -184,19 +175,8 @@ class _Open:
         self.record, self.start, self.acc, self.max_concurrent = record, start, _Totals(0.0), 1
 
 
-def _make_tracker(settings: EnergySettings, lock: threading.RLock) -> Any:
-    os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # read at import and in __init__
-    from codecarbon import OfflineEmissionsTracker
-
-    logging.getLogger("codecarbon").setLevel(logging.ERROR)
-
-    class _LockedTracker(OfflineEmissionsTracker):
-        """codecarbon's tracker with its measurement serialized (its scheduler thread vs. our reads)."""
-
-        def _measure_power_and_energy(self) -> None:  # noqa: D401 - override
-            with lock:
-                super()._measure_power_and_energy()
-
+def meter_tracker(settings: EnergySettings, lock: threading.RLock) -> Any:
+    """The codecarbon tracker a meter runs: offline, quiet, measuring under ``lock``."""
     kwargs: dict[str, Any] = dict(
         project_name="lmwright",
         country_iso_code=settings.country_iso_code,
@@ -214,18 +194,12 @@ def _make_tracker(settings: EnergySettings, lock: threading.RLock) -> Any:
         kwargs["region"] = settings.region
     if settings.carbon_intensity_g_per_kwh is not None:
         kwargs["force_carbon_intensity_g_co2e_kwh"] = settings.carbon_intensity_g_per_kwh
-    return _LockedTracker(**kwargs)
+    return codecarbon.locked_tracker(lock, **kwargs)
 
 
 def _describe_mode(tracker: Any, settings: EnergySettings) -> str:
     """What codecarbon actually used, read from its hardware objects."""
-    cpu_mode, gpu = "unknown", False
-    for hw in getattr(tracker, "_hardware", []):
-        name = type(hw).__name__
-        if name == "CPU":
-            cpu_mode = str(getattr(hw, "_mode", "unknown"))
-        elif name == "GPU":
-            gpu = True
+    cpu_mode, gpu = codecarbon.hardware_modes(tracker)
     if cpu_mode in ("intel_rapl", "windows_emi", "apple_powermetrics", "intel_power_gadget"):
         cpu = "rapl" if cpu_mode == "intel_rapl" else cpu_mode
     elif cpu_mode == "cpu_load":
@@ -245,22 +219,23 @@ class _Meter:
         self.settings = settings
         self.lock = threading.RLock()
         self.pid = os.getpid()
-        self.tracker = _make_tracker(settings, self.lock)
+        self.tracker = meter_tracker(settings, self.lock)
         with self.lock:
             self.tracker.start()
-            if getattr(self.tracker, "_start_time", None) is None:
+            try:
+                codecarbon.require_members(self.tracker)  # a codecarbon that changed says what, by name
+            except codecarbon.CodecarbonChanged:
+                self.stop()  # its scheduler thread must not outlive the failed meter
+                raise
+            if not codecarbon.started(self.tracker):
                 raise RuntimeError("codecarbon tracker did not start")
             self.mode = _describe_mode(self.tracker, settings)
             self.active: dict[int, _Open] = {}
             self.last = self._sample()
 
     def _sample(self) -> _Totals:
-        tr = self.tracker
-        tr._measure_power_and_energy()
-        data = tr._prepare_emissions_data()
-        return _Totals(
-            time.perf_counter(), data.energy_consumed, data.cpu_energy, data.ram_energy, data.gpu_energy, data.emissions
-        )
+        t = codecarbon.measure(self.tracker)
+        return _Totals(time.perf_counter(), t.energy_kwh, t.cpu_kwh, t.ram_kwh, t.gpu_kwh, t.co2_kg)
 
     def _advance(self) -> None:
         now = self._sample()
@@ -445,328 +420,3 @@ def energy_markdown(rows: Sequence[Mapping[str, Any]], mode: str | None = None) 
     if mode:
         lines += ["", f"Measured with codecarbon (offline): {mode}."]
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- when to train
-
-
-class CarbonWindow(BaseModel):
-    """When training may start: a fixed off-peak window, or the lowest point of an intensity profile.
-
-    * Off-peak window (``profile`` and ``hourly`` unset): start now if now is inside
-      ``[start, end)`` local time (``end <= start`` wraps past midnight), else at the next
-      opening, unless that is later than the deadline: then start now (waiting would not reach
-      the window).
-    * Profile: ``hourly`` (24 values, gCO2e/kWh for local hours 0..23) or ``profile`` (a CSV or
-      JSON file: hour -> intensity, or timestamp -> intensity). The start is the instant with
-      the lowest mean intensity over ``run_hours`` among now and every hour/timestamp boundary
-      up to the deadline; ties go to the earliest.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(True, description="Wait for a low-carbon start; false: start immediately.")
-    timezone: str = Field("Europe/Berlin", description="IANA timezone of start/end and of hourly profiles.")
-    start: dtime = Field(dtime(22, 0), description="Off-peak window opening, local time.")
-    end: dtime = Field(dtime(6, 0), description="Off-peak window closing, local time (before start: wraps midnight).")
-    hourly: list[float] | None = Field(None, description="24 carbon intensities (gCO2e/kWh) for local hours 0..23.")
-    profile: str | None = Field(None, description="CSV/JSON intensity profile: columns hour,intensity or timestamp,intensity.")
-    deadline_hours: float = Field(12.0, ge=0, description="Latest start, in hours from when the flow asks.")
-    run_hours: float = Field(0.0, ge=0, description="Expected run length: score a start by the mean intensity over it (0: at the start).")
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
-            raise ValueError(f"unknown timezone {v!r} (an IANA name such as Europe/Berlin)") from exc
-        return v
-
-    @field_validator("hourly")
-    @classmethod
-    def _24(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and len(v) != 24:
-            raise ValueError(f"hourly needs 24 values (local hours 0..23), got {len(v)}")
-        return v
-
-    @model_validator(mode="after")
-    def _one_profile(self) -> "CarbonWindow":
-        if self.hourly is not None and self.profile is not None:
-            raise ValueError("give either hourly or profile, not both")
-        return self
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-
-# The nightly refresh's default: German off-peak hours (the classic 22:00-06:00 low tariff,
-# low demand and more wind share at night), 12 h deadline. The refresh cron fires at 02:00
-# Europe/Berlin, inside the window, so a scheduled refresh trains at once; a manual run in
-# the afternoon waits for 22:00 (within 12 h) instead of training at the evening peak.
-NIGHTLY_WINDOW = CarbonWindow()
-
-
-class Profile:
-    """A piecewise-constant intensity: hourly by local hour-of-day, or stepwise from timestamps."""
-
-    def __init__(self, tz: ZoneInfo, hourly: Sequence[float] | None = None, points: Sequence[tuple[datetime, float]] | None = None):
-        if (hourly is None) == (points is None):
-            raise ValueError("a profile is hourly or a list of points")
-        self.tz = tz
-        self.hourly = list(hourly) if hourly is not None else None
-        self.points = sorted(points, key=lambda p: p[0]) if points is not None else None
-        if self.points is not None and not self.points:
-            raise ValueError("empty intensity profile")
-
-    def at(self, t: datetime) -> float:
-        if self.hourly is not None:
-            return self.hourly[t.astimezone(self.tz).hour]
-        assert self.points is not None
-        value = self.points[0][1]  # before the first point: its value
-        for ts, v in self.points:
-            if ts <= t:
-                value = v
-            else:
-                break
-        return value
-
-    def breakpoints(self, t0: datetime, t1: datetime) -> list[datetime]:
-        """Instants in (t0, t1] where the intensity may change."""
-        if self.points is not None:
-            return [ts for ts, _ in self.points if t0 < ts <= t1]
-        out = []
-        # Local hour boundaries, stepped in UTC quarter hours: DST days have 23 or 25 of them,
-        # and zones with :30/:45 offsets start their hours off the UTC hour.
-        u = t0.astimezone(timezone.utc).replace(second=0, microsecond=0)
-        u = u.replace(minute=u.minute - u.minute % 15) + timedelta(minutes=15)
-        while u <= t1:
-            if u.astimezone(self.tz).minute == 0:
-                out.append(u)
-            u += timedelta(minutes=15)
-        return out
-
-    def mean(self, t0: datetime, hours: float) -> float:
-        if hours <= 0:
-            return self.at(t0)
-        t1 = t0 + timedelta(hours=hours)
-        edges = [t0, *self.breakpoints(t0, t1)]
-        if edges[-1] != t1:
-            edges.append(t1)
-        total = 0.0
-        for a, b in zip(edges, edges[1:]):
-            total += self.at(a) * (b - a).total_seconds()
-        return total / (t1 - t0).total_seconds()
-
-
-def load_profile(window: CarbonWindow) -> Profile | None:
-    """The window's intensity profile, or None for a fixed off-peak window."""
-    tz = window.tz
-    if window.hourly is not None:
-        return Profile(tz, hourly=window.hourly)
-    if window.profile is None:
-        return None
-    path = Path(window.profile)
-    text = path.read_text()
-    rows: list[tuple[str, float]]
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        if isinstance(data, Mapping) and "hourly" in data:
-            data = data["hourly"]
-        if isinstance(data, list) and data and not isinstance(data[0], Mapping):
-            rows = [(str(i), float(v)) for i, v in enumerate(data)]
-        elif isinstance(data, list):
-            rows = [(str(_first(d, "hour", "timestamp", "time", "datetime")), float(_first(d, "intensity", "g_co2_per_kwh", "gco2_per_kwh", "carbon_intensity", "value"))) for d in data]
-        else:
-            rows = [(str(k), float(v)) for k, v in data.items()]
-    else:
-        reader = csv.reader(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-        all_rows = list(reader)
-        if all_rows and not _is_number(all_rows[0][1]):
-            all_rows = all_rows[1:]  # header
-        rows = [(r[0].strip(), float(r[1])) for r in all_rows]
-    if not rows:
-        raise ValueError(f"{path}: empty intensity profile")
-    if all(k.isdigit() for k, _ in rows):
-        hourly = [math.nan] * 24
-        for k, v in rows:
-            h = int(k)
-            if not 0 <= h <= 23:
-                raise ValueError(f"{path}: hour {h} is not in 0..23")
-            hourly[h] = v
-        missing = [h for h, v in enumerate(hourly) if math.isnan(v)]
-        if missing:
-            raise ValueError(f"{path}: no intensity for hours {missing}")
-        return Profile(tz, hourly=hourly)
-    points = []
-    for k, v in rows:
-        ts = datetime.fromisoformat(k.replace("Z", "+00:00"))
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=tz)  # naive timestamps are in the window's timezone
-        points.append((ts, v))
-    return Profile(tz, points=points)
-
-
-def _first(d: Mapping[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if k in d:
-            return d[k]
-    raise KeyError(f"none of {keys} in {dict(d)}")
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _in_window(local: datetime, start: dtime, end: dtime) -> bool:
-    t = local.time().replace(tzinfo=None)
-    if start == end:
-        return True  # a 24 h window
-    if start < end:
-        return start <= t < end
-    return t >= start or t < end  # wraps midnight
-
-
-def _next_opening(now: datetime, window: CarbonWindow) -> datetime:
-    tz = window.tz
-    local = now.astimezone(tz)
-    for days in range(0, 3):
-        d: date = local.date() + timedelta(days=days)
-        candidate = datetime.combine(d, window.start, tzinfo=tz)
-        # A nonexistent local time (DST gap) normalizes forward through UTC.
-        candidate = candidate.astimezone(timezone.utc).astimezone(tz)
-        if candidate > now:
-            return candidate
-    raise AssertionError("unreachable: a daily window opens within 2 days")
-
-
-def best_start(now: datetime, window: CarbonWindow, deadline: timedelta | float | None = None) -> datetime:
-    """The start with the lowest carbon intensity no later than ``now + deadline`` (pure; never sleeps).
-
-    ``now`` must be timezone-aware; ``deadline`` is a timedelta or hours (default:
-    ``window.deadline_hours``). Returns an aware datetime in the window's timezone; ``now``
-    itself when training should start immediately.
-    """
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError("now must be timezone-aware (e.g. datetime.now(timezone.utc))")
-    tz = window.tz
-    now = now.astimezone(tz)
-    if not window.enabled:
-        return now
-    if deadline is None:
-        deadline = timedelta(hours=window.deadline_hours)
-    elif not isinstance(deadline, timedelta):
-        deadline = timedelta(hours=float(deadline))
-    latest = now + deadline
-    profile = load_profile(window)
-    if profile is None:
-        if _in_window(now, window.start, window.end):
-            return now
-        opening = _next_opening(now, window)
-        return opening if opening <= latest else now
-    candidates = [now, *profile.breakpoints(now, latest)]
-    best, best_value = now, math.inf
-    for c in candidates:
-        value = profile.mean(c, window.run_hours)
-        if value < best_value - 1e-9:  # strict: ties keep the earliest
-            best, best_value = c, value
-    return best.astimezone(tz)
-
-
-class WindowDecision(BaseModel):
-    """What ``wait_for_window`` decided and did."""
-
-    now: datetime
-    start: datetime
-    wait_s: float
-    action: Literal["run_now", "paused", "slept"]
-
-
-def wait_for_window(
-    window: CarbonWindow | None,
-    now: datetime | None = None,
-    *,
-    grace_s: float = 60.0,
-    poll_interval_s: int = 60,
-) -> WindowDecision:
-    """Inside a flow: wait for the window's best start without keeping a worker busy.
-
-    Prefect 3 has no "resume at a time" for a paused run (``pause_flow_run`` /
-    ``suspend_flow_run`` *fail* the run when their timeout expires), so:
-
-    * in a flow run (the pipeline's training and the nightly refresh): ``pause_flow_run(timeout=wait + grace)``; a timer thread of
-      this process calls ``resume_flow_run`` at the start time. The UI shows the run as
-      **Paused** (with its expiry), and the Resume button starts it early. The process
-      polls the API every ``poll_interval_s`` (no CPU); if it dies the pause expires and
-      the run fails.
-    * outside a flow run (plain Python): ``time.sleep`` (``action="slept"``).
-    """
-    now = now or datetime.now(timezone.utc)
-    if window is None or not window.enabled:
-        return WindowDecision(now=now, start=now, wait_s=0.0, action="run_now")
-    start = best_start(now, window)
-    wait_s = (start - now).total_seconds()
-    if wait_s <= grace_s:
-        return WindowDecision(now=now, start=start, wait_s=max(wait_s, 0.0), action="run_now")
-
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    logger = _logger()
-    if ctx is None or ctx.flow_run is None:
-        logger.info("carbon window: sleeping %.0f s until %s", wait_s, start.isoformat())
-        time.sleep(wait_s)
-        return WindowDecision(now=now, start=start, wait_s=wait_s, action="slept")
-
-    from prefect.flow_runs import pause_flow_run, resume_flow_run
-
-    flow_run_id = ctx.flow_run.id
-
-    def _resume() -> None:
-        try:
-            resume_flow_run(flow_run_id)
-        except Exception as exc:  # already resumed by hand from the UI
-            logger.debug("carbon window: resume skipped (%s)", exc)
-
-    timer = threading.Timer(wait_s, _resume)
-    timer.daemon = True
-    timer.start()
-    logger.info("carbon window: paused until %s (%.0f s); Resume in the UI starts now", start.isoformat(), wait_s)
-    try:
-        pause_flow_run(timeout=int(wait_s + grace_s + 2 * poll_interval_s), poll_interval=poll_interval_s, key="carbon-window")
-    finally:
-        timer.cancel()
-    return WindowDecision(now=now, start=start, wait_s=wait_s, action="paused")
-
-
-def _logger() -> Any:
-    try:
-        from prefect import get_run_logger
-
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger("lmwright.energy")
-
-
-__all__ = [
-    "EnergySettings",
-    "EnergyRecord",
-    "track",
-    "shutdown",
-    "training_efficiency",
-    "merge_energy",
-    "energy_table",
-    "energy_markdown",
-    "CarbonWindow",
-    "NIGHTLY_WINDOW",
-    "Profile",
-    "load_profile",
-    "best_start",
-    "WindowDecision",
-    "wait_for_window",
-]

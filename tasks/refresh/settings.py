@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lmwright.tasks.core.energy import NIGHTLY_WINDOW, CarbonWindow
+from lmwright.tasks.train.carbon_window import NIGHTLY_WINDOW, CarbonWindow
 
 
 class RefreshSettings(BaseModel):
