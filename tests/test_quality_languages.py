@@ -77,6 +77,20 @@ def test_each_document_judged_by_its_own_language_rows_in_order():
     assert out["gopher_stop_words"][0] >= 2 and out["gopher_stop_words"][2] == 0
 
 
+def test_languages_judged_together_decide_as_each_alone(shared_data: Path):
+    """Signals are shared by languages that read text alike; every decision equals judging its language alone."""
+    raw = multilingual_documents(shared_data).filter(pl.col("label").is_in(["en", "de", "fr", "zh", "ja", "th", "ko"]))
+    mixed = raw.with_columns(lang=pl.when(pl.col("label") == "fr").then(None).otherwise(pl.col("label"))).sample(
+        fraction=1.0, shuffle=True, seed=3
+    )
+    together = apply_quality(mixed, QualityParams())
+    alone = pl.concat([apply_quality(part, QualityParams()) for part in mixed.partition_by("lang", maintain_order=True)])
+    alone = mixed.select("id").join(alone, on="id", how="left", maintain_order="left")
+    for col in ("reason", "detail", "gopher_stop_words", "gopher_n_words", "c4_num_sentences"):
+        assert together[col].equals(alone[col]), col
+    assert together["id"].to_list() == mixed["id"].to_list()
+
+
 def test_text_without_spaces_counts_characters_as_words():
     out = apply_quality(docs([CHINESE], ["zh"]), QualityParams())
     han = sum(1 for c in CHINESE if "\u4e00" <= c <= "\u9fff")

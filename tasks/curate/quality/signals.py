@@ -169,15 +169,31 @@ def _word_signals(doc: np.ndarray, words: pl.Series, n_docs: int) -> dict[str, n
     return sig
 
 
-def _stop_word_counts(doc: np.ndarray, words: pl.Series, text: pl.Series, p: GopherQuality) -> np.ndarray:
-    """Distinct stop words present per document: as whole words, or anywhere in the text."""
-    n_stop = np.zeros(len(text))
-    for sw in sorted(set(p.stop_words)):
+def _stop_word_counts(
+    doc: np.ndarray, words: pl.Series, text: pl.Series, stop_words: list[GopherQuality]
+) -> np.ndarray:
+    """Distinct stop words present per document (``stop_words[i]``: document i's list): as words, or in the text."""
+    n_docs = len(text)
+    counts = np.zeros(n_docs)
+    lists = {id(p): p for p in stop_words}  # documents of one language share one GopherQuality
+    which = np.array([id(p) for p in stop_words], dtype=np.int64)
+    by_word = [(k, sw) for k, p in lists.items() if p.stop_words_in == "words" for sw in set(p.stop_words)]
+    if by_word and len(words):
+        pairs = pl.DataFrame({"list": [k for k, _ in by_word], "word": [sw for _, sw in by_word]}, schema={"list": pl.Int64, "word": pl.String})
+        found = (
+            pl.DataFrame({"doc": doc, "list": which[doc], "word": words})
+            .join(pairs, on=["list", "word"])
+            .unique(["doc", "word"])
+            .group_by("doc")
+            .len()
+        )
+        counts[found["doc"].to_numpy()] = found["len"].to_numpy()
+    for k, p in lists.items():
         if p.stop_words_in == "text":
-            n_stop += text.str.contains(sw, literal=True).to_numpy()
-        else:
-            n_stop += np.bincount(doc, weights=(words == sw).to_numpy(), minlength=len(text)) > 0
-    return n_stop
+            rows = np.flatnonzero(which == k)
+            mine = text.gather(rows)
+            counts[rows] = sum(mine.str.contains(sw, literal=True).to_numpy() for sw in sorted(set(p.stop_words)))
+    return counts
 
 
 def _c4_lines(text: pl.Series, p: C4) -> pl.DataFrame:
@@ -266,10 +282,14 @@ def _fineweb_signals(text: pl.Series, p: FineWeb, segmentation: str) -> dict[str
     }
 
 
-def quality_signals(docs: pl.DataFrame, params: QualitySettings) -> pl.DataFrame:
+def quality_signals(
+    docs: pl.DataFrame, params: QualitySettings, stop_words: list[GopherQuality] | None = None
+) -> pl.DataFrame:
     """The signal columns (one row per document, in order), plus private ``_*`` helper columns.
 
-    Every document of ``docs`` is judged by the same ``params`` (one language's settings).
+    Every document of ``docs`` is read with the same ``params`` (words, C4's lines, FineWeb's
+    short lines); ``stop_words`` gives each document its own language's stop words (default:
+    ``params.gopher_quality``'s for all).
     """
     n_docs = docs.height
     text = docs["text"].fill_null("").cast(pl.String)
@@ -301,7 +321,9 @@ def quality_signals(docs: pl.DataFrame, params: QualitySettings) -> pl.DataFrame
             "gopher_end_ellipsis_lines_ratio": norm.str.count_matches(r"(?m)(?:\.\.\.|\u2026)[^\S\n]*$").to_numpy()
             / lc,
             "gopher_alpha_words_ratio": words["alpha_ratio"],
-            "gopher_stop_words": pl.Series(_stop_word_counts(doc, flat, text, params.gopher_quality)).cast(pl.Int64),
+            "gopher_stop_words": pl.Series(
+                _stop_word_counts(doc, flat, text, stop_words or [params.gopher_quality] * n_docs)
+            ).cast(pl.Int64),
             "c4_num_sentences": c4["c4_num_sentences"],
             "c4_kept_lines": c4["c4_kept_lines"],
             **{k: pl.Series(v).cast(pl.Int64) if k == "fineweb_lines" else v for k, v in _fineweb_signals(fw_text, params.fineweb, params.segmentation).items()},
