@@ -98,7 +98,7 @@ def _load_training_run(path: Path, device: str) -> Generator:
     from lmwright.models.run import ModelRef  # noqa: PLC0415 - one of two sources a model loads from
 
     path = path.resolve()  # W/latest/<stage> is a link to the fingerprint directory
-    ref = ModelRef(stage=path.parent.name, fingerprint=path.name, path=str(path))
+    ref = ModelRef.at(path)
     tokenizer = load_tokenizer(ref.tokenizer_path)
     return Generator(ref.load(device), tokenizer, CHAT_TEMPLATE, tokenizer.token_to_id(SpecialTokens().eot), path)
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lmwright.tasks.core.ref import Ref
 
 if TYPE_CHECKING:  # torch loads only when a model is
     from lmwright.models.gpt import GPT
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """A finished training run: its directory and what it was trained on."""
-
-    stage: str
-    fingerprint: str
-    path: str
+class ModelRef(Ref):
+    """A finished training run: its best checkpoint, its tokenizer and result.json."""
 
     @property
     def best(self) -> Path:

@@ -25,6 +25,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from lmwright.tasks.core.energy import merge_energy
+from lmwright.tasks.core.ref import Ref
 from lmwright.tasks.core.files import atomic_write_parquet, atomic_write_text, write_json  # noqa: F401 - part of the dataset API
 
 MANIFEST = "manifest.json"
@@ -47,17 +48,8 @@ class IncompleteDatasetError(RuntimeError):
     """A dataset directory without a manifest: a crash left it half-written."""
 
 
-@dataclass(frozen=True)
-class DatasetRef:
-    """A small, picklable pointer to a finished dataset: what tasks pass and cache."""
-
-    stage: str
-    fingerprint: str
-    path: str
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.path)
+class DatasetRef(Ref):
+    """A finished dataset of documents: its shards, rejected shards, stats and manifest."""
 
     def manifest(self) -> dict[str, Any]:
         return read_manifest(self.dir)
@@ -101,7 +93,7 @@ def canonical_json(value: Any) -> str:
             return os.fspath(obj)
         if isinstance(obj, (set, frozenset)):
             return sorted(obj)
-        if isinstance(obj, DatasetRef):
+        if isinstance(obj, Ref):
             return obj.fingerprint
         raise TypeError(f"cannot fingerprint {type(obj).__name__}")
 
