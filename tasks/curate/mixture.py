@@ -15,12 +15,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, Mapping
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lmwright.tasks.core.hashing import doc_hash
 
 # --- diversity ---------------------------------------------------------------------------
 
@@ -167,11 +168,6 @@ class MixtureParams(BaseModel):
         return self.default_weight == 1.0 and all(
             w == 1.0 for w in (*self.source_weights.values(), *self.language_weights.values())
         )
-
-
-def doc_hash(salt: str, doc_id: str) -> int:
-    """A 64-bit number from a doc id: stable across processes, versions and machines."""
-    return int.from_bytes(hashlib.blake2b(f"{salt}\x00{doc_id}".encode(), digest_size=8).digest(), "little")
 
 
 def _weight_expr(col: str, weights: Mapping[str, float], default: float) -> pl.Expr:

@@ -9,7 +9,6 @@ docs.parquet, meta.json with a ``mix`` section, manifest last) through the same 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic import BaseModel
 from lmwright.data_quality import DataQualityError
 from lmwright.tasks.core.dataset import write_parquet
 from lmwright.tasks.core.files import atomic_copy, write_json
+from lmwright.tasks.core.hashing import unit_hash
 from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
 from lmwright.tasks.refresh.settings import RefreshSettings
 from lmwright.tasks.train.pack import write_ranges, write_token_manifest
@@ -40,11 +40,6 @@ class MixParams(BaseModel):
     min_val_tokens: int
 
 
-def _doc_hash(salt: str, doc_id: str) -> float:
-    h = hashlib.blake2b(f"{salt}\x00{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64
-
-
 def replay_budget(new_tokens: int, fraction: float) -> int:
     return int(round(new_tokens * fraction / (1.0 - fraction))) if fraction > 0 else 0
 
@@ -54,7 +49,7 @@ def _sample(pool: pl.DataFrame, budget: int, salt: str) -> pl.DataFrame:
     if budget <= 0 or not pool.height:
         return pool.head(0)
     ranked = pool.with_columns(
-        pl.Series("_h", [_doc_hash(salt, i) for i in pool["id"].to_list()], dtype=pl.Float64)
+        pl.Series("_h", [unit_hash(salt, i) for i in pool["id"].to_list()], dtype=pl.Float64)
     ).sort("_h")
     before = ranked["tokens"].cum_sum() - ranked["tokens"]
     return ranked.filter(before < budget).drop("_h")

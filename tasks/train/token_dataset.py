@@ -27,7 +27,6 @@ suite (data_quality/tokens.py) checks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from tokenizers import Tokenizer
 
 from lmwright.models.tokenizer import load_tokenizer, vocab_size_of
 from lmwright.tasks.core.dataset import read_manifest
+from lmwright.tasks.core.hashing import unit_hash
 
 # A side with fewer tokens than this many of the model's contexts cannot train or validate it:
 # then the split moves inside documents (TokenDatasetRef.heldout_tail).
@@ -52,12 +52,6 @@ DOC_INDEX_SCHEMA = {  # a shard's document index, as encode writes it
     "source": pl.String(), "lang": pl.String(),
 }
 DOCS_COLUMNS = ("id", "split", "offset", "tokens", "bytes", "source", "lang", "repeats")
-
-
-def unit_hash(salt: str, doc_id: str) -> float:
-    """A uniform number in [0, 1) from a doc id: stable across processes, versions and machines."""
-    h = hashlib.blake2b(f"{salt}\x00{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64
 
 
 def assign_split(doc_ids: Sequence[str], val_fraction: float, seed: int) -> list[str]:

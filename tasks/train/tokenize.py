@@ -45,6 +45,7 @@ from lmwright.models.tokenizer import (
 from lmwright.tasks.core.dataset import DatasetRef, file_sha256, shard_name, write_parquet
 from lmwright.tasks.core.energy import EnergySettings, merge_energy, track
 from lmwright.tasks.core.files import atomic_path, point_latest, write_json
+from lmwright.tasks.core.hashing import unit_hash
 from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
 from lmwright.tasks.curate.mixture import MixtureParams
 from lmwright.tasks.train.pack import pack_shards, write_token_manifest
@@ -56,7 +57,6 @@ from lmwright.tasks.train.token_dataset import (
     assign_split,
     shard_paths,
     token_summary,
-    unit_hash,
 )
 
 VERSION = "1"

@@ -11,7 +11,7 @@ columns, and scores toxicity from a term list (tasks/curate/bias/lexicons.py). P
   group with strictly the most mentions of that axis (ties: about none). When one
   group's share of the shard's documents about some group of the axis exceeds the cap,
   its documents are downsampled deterministically: a document is kept when
-  ``blake2b(axis, id)`` maps below ``p``, with ``p`` chosen so the expected kept share
+  the unit hash of (axis, id) (tasks/core/hashing.py) is below ``p``, with ``p`` chosen so the expected kept share
   equals the cap (water-filling, so several groups can be capped at once). Dropped
   documents carry reason ``bias_group_cap``. The cap holds per shard (the stage
   contract is shard-wise); shards that are slices of one source may differ from the
@@ -20,13 +20,13 @@ columns, and scores toxicity from a term list (tasks/curate/bias/lexicons.py). P
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from lmwright.tasks.core.hashing import unit_hash
 from lmwright.tasks.core.stage import ShardStage
 from lmwright.tasks.curate.bias.lexicons import (
     AXES,
@@ -157,12 +157,6 @@ def bias_signals(docs: pl.DataFrame, lex: Lexicons) -> pl.DataFrame:
         toxic.alias(TOXIC_COUNT_COLUMN),
         (100.0 * toxic / pl.max_horizontal(words, pl.lit(1))).cast(pl.Float64).alias(TOXICITY_COLUMN),
     )
-
-
-def unit_hash(salt: str, doc_id: str) -> float:
-    """A uniform number in [0, 1) from a doc id, stable across processes and machines."""
-    h = hashlib.blake2b(f"{salt}\x00{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64
 
 
 def cap_keep_probabilities(counts: Mapping[str, int], cap: float) -> dict[str, float]:
