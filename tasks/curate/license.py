@@ -323,6 +323,10 @@ class LicenseParams(BaseModel):
     def allowed_patterns(self) -> list[str]:
         return self.pretraining if self.use == "pretraining" else self.finetuning
 
+    def allows(self, license_value: str | None) -> bool:
+        """Whether the policy keeps a document with this license value (what the license suite asks)."""
+        return license_decision(license_value, self)[0] is None
+
     def resolved(self) -> bool:
         return self.optout_sha256 is not None
 
@@ -543,6 +547,9 @@ def optout_matches(docs: pl.DataFrame, registry: pl.DataFrame) -> pl.Series:
     if (ids := entries("id")).height:
         hits.append(rows.join(ids, left_on="id", right_on="value").select("_row", pl.lit("id").alias("kind"),
                                                                            pl.col("id").alias("value"), "where"))
+        if "parent_id" in docs.columns:  # the chunks of a withdrawn book leave with it (tasks/curate/chunk.py)
+            parents = rows.select("_row").with_columns(docs.get_column("parent_id").alias("value"))
+            hits.append(parents.join(ids, on="value").select("_row", pl.lit("id").alias("kind"), "value", "where"))
     if (hashes := entries("sha256")).height:
         h = rows.select("_row").with_columns(pl.Series("value", _sha256_series(docs["text"].fill_null(""))))
         hits.append(h.join(hashes, on="value").select("_row", pl.lit("sha256").alias("kind"), "value", "where"))
