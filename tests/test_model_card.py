@@ -44,7 +44,8 @@ def metrics(val_bpb: float) -> dict[str, Any]:
     return {"params": 12_345, "val_loss": 3.1, "val_loss_ci95": [3.0, 3.2], "val_bpb": val_bpb, "val_bpb_ci95": [val_bpb - 0.1, val_bpb + 0.1],
             "val_ppl": 22.2, "train_loss": 2.9, "unigram_loss": 5.0, "bytes_per_token": 2.0, "val_tokens_scored": 640, "val_blocks": 10,
             "fit": {"reasons": [], "train_val_gap": 0.2}, "gate": {"passed": False, "failures": ["val_bpb 2.5 > max_val_bpb 2"]},
-            "samples": [{"prompt": "The ", "completion": "qx zz,, the the"}]}
+            "samples": [{"prompt": "The ", "completion": "qx zz,, the the"}],
+            "tasks": {"lmwright_word_order": {"metrics": {"acc": {"value": 0.9, "stderr": 0.05, "ci95": [0.74, 0.97]}}, "examples": 30}}}
 
 
 @pytest.fixture()
@@ -78,7 +79,7 @@ def test_the_hub_reads_the_metadata_header(finetuned: tuple[ModelRef, str]) -> N
 
     card = ModelCard(render(*finetuned))
     assert card.data.license == "mit" and card.data.language == ["en"] and "lmwright" in card.data.tags
-    assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} >= {("val_loss", 3.1), ("val_bpb", 2.5)}
+    assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} >= {("val_loss", 3.1), ("val_bpb", 2.5), ("acc", 0.9)}
     assert card.data.model_name == "lmwright-12K-notes-sft"
     assert card.text.lstrip().startswith("# lmwright-12K-notes-sft")
     assert f"]({DATA_CARD})" in card.text
@@ -88,6 +89,7 @@ def test_promotion_status_and_intervals_are_stated(finetuned: tuple[ModelRef, st
     text = render(*finetuned)
     assert "**Promotion gate: failed; not promoted.** val_bpb 2.5 > max_val_bpb 2." in text
     assert "| validation loss (nats/token) | 3.1 | 3.0000 – 3.2000 |" in text
+    assert "| lmwright_word_order | acc | 0.900 | 0.740 – 0.970 | 30 |" in text
 
 
 @pytest.mark.parametrize("bpb, says, never", [(2.5, "not coherent text", "fluent"), (0.8, "fluent-looking but unreliable", "not coherent")])

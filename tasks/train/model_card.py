@@ -109,7 +109,7 @@ def hub_metadata(config: Any, title: str, metrics: dict[str, Any], profile: dict
     for task, scores in (metrics.get("tasks") or {}).items():
         for metric, value in scores["metrics"].items():
             results.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=task, metric_type=metric,
-                                      metric_value=value["value"], source_name="lm-evaluation-harness"))
+                                      metric_value=value["value"]))
     data = ModelCardData(
         model_name=title,
         language=list(profile.get("languages", {}))[:10] or ["en"],
