@@ -19,7 +19,8 @@ written without spaces (zh, ja, th) count each character as a word (``words.segm
 
 The package: ``params`` (settings, the language table), ``words`` (character classes and
 the tokenizer), ``signals`` (the signal columns), ``rules`` (reasons and thresholds),
-``stage`` (per-language judging and the ShardStage).
+``stage`` (per-language judging and the ShardStage), ``report`` (the data card's "Quality by
+language": counts and the thresholds each language was judged by).
 
 Signals are computed column-wise with polars over the whole shard; the only
 per-document Python is the duplicated n-gram walk of Gopher repetition, and it
@@ -38,6 +39,9 @@ Deviations from datatrove, all for speed and all measured by
   next word, which is what the sentencizer does on spaCy's tokens.
 - Duplicated n-grams are compared by a 64-bit hash of their words, not by the joined
   string (datatrove's ``"".join`` also equates ``["ab", "c"]`` with ``["a", "bc"]``).
+- Other languages: FineWeb-2 measured its per-language thresholds on words from a word
+  tokenizer chosen per language family; here the same regex reads every space-separated
+  language, and Han, Kana and Thai text is read a character at a word.
 - C4 rewrites ``text`` to its kept lines in datatrove; here ``text`` is left as it came
   unless ``c4.rewrite_text`` is set. FineWeb reads the text as C4 leaves it either way
   (as in datatrove's sequence) when C4 is enabled.
