@@ -77,3 +77,33 @@ def test_the_filter_sits_on_prefects_console_handler() -> None:
     quiet_routine_task_lines()
     consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     assert consoles and all(any(isinstance(f, _RoutineStateLines) for f in h.filters) for h in consoles)
+
+
+def test_a_stage_reports_documents_done_of_total_with_docs_per_second(
+    prefect_harness: None, tmp_path, capsys
+) -> None:
+    """The curate stages' live line counts the input's documents (docs/s, ETA), not shards of unequal size."""
+    import polars as pl
+    from prefect import flow
+
+    from lmwright.data_quality import ValidationSettings
+    from lmwright.tasks.core.dataset import DOC_SCHEMA, write_manifest, write_shard
+    from lmwright.tasks.core.energy import EnergySettings
+    from lmwright.tasks.core.stage import ShardStage, run_shard_stage
+
+    src, shards = tmp_path / "src", []
+    for k, n in enumerate((3, 5)):
+        docs = pl.DataFrame({"id": [f"d{k}-{i}" for i in range(n)], "text": ["some words here"] * n}).with_columns(
+            **{c: pl.lit(None, dtype=t) for c, t in DOC_SCHEMA.items() if c not in ("id", "text")}
+        )
+        shards.append(write_shard(src, f"part-{k:05d}", "ingest", n, 0, docs, docs.head(0), 0.0))
+    source = write_manifest(src, "ingest", "fp", {}, "1", [], shards)
+    keep_all = ShardStage("keep_all", "1", lambda d, p: d.with_columns(reason=pl.lit(None, dtype=pl.String)))
+
+    @flow
+    def one_stage() -> None:
+        run_shard_stage(tmp_path / "w", keep_all, source, {}, ValidationSettings(enabled=False), EnergySettings(enabled=False))
+
+    one_stage()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("keep_all ")]
+    assert lines[-1].startswith("keep_all 8/8 docs (100%)") and "shards 2/2" in lines[-1], lines

@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lmwright.tasks.core.stage import SLICE_BYTES, text_slices
 from lmwright.tasks.curate.dedup.minhash import band_hashes, minhash_signatures, normalize_expr, shingle_sets, signature_dtype
 from lmwright.tasks.curate.dedup.params import DedupParams
 
@@ -52,6 +53,16 @@ def signature_frame(docs: pl.DataFrame, shard: str, params: DedupParams) -> pl.D
         sets = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), pa.array(values, type=pa.uint32()))
         columns.append(pl.Series("shingles", sets, dtype=pl.List(pl.UInt32)))
     return pl.DataFrame(columns)
+
+
+def shard_signatures(docs: pl.DataFrame, shard: str, params: DedupParams, max_bytes: int = SLICE_BYTES) -> pl.DataFrame:
+    """``signature_frame`` of a shard computed a slice of text at a time (its shingle tables cost many
+    times the text): the same rows, ``row`` counted from the shard's start."""
+    parts, offset = [], 0
+    for part in text_slices(docs, max_bytes):
+        parts.append(signature_frame(part, shard, params).with_columns(pl.col("row") + pl.lit(offset, dtype=pl.UInt32)))
+        offset += part.height
+    return pl.concat(parts) if len(parts) > 1 else parts[0]
 
 
 def read_signatures(paths: list[str], params: DedupParams) -> pl.DataFrame:

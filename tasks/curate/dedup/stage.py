@@ -21,7 +21,7 @@ from lmwright.tasks.core.energy import EnergySettings, merge_energy
 from lmwright.tasks.core.stage import ShardStage, StageWork, finalize_stage, map_shards, plan_stage, stage_step, stage_task
 from lmwright.tasks.curate.dedup.dask_engine import cluster_files_dask
 from lmwright.tasks.curate.dedup.params import DEDUP_COLUMNS, PLACEMENT_FIELDS, STAGE, VERSION, DedupApplyParams, DedupParams
-from lmwright.tasks.curate.dedup.signatures import signature_frame
+from lmwright.tasks.curate.dedup.signatures import shard_signatures
 from lmwright.tasks.curate.dedup.spill import cluster_files
 
 
@@ -49,7 +49,7 @@ def compute_signatures(
     start = time.perf_counter()
     docs = pl.read_parquet(input_part, columns=["id", "text"])
     shard = shard_name(input_part)
-    frame = signature_frame(docs, shard, params)
+    frame = shard_signatures(docs, shard, params)
     path = Path(work.out_dir) / "signatures" / f"{shard}.parquet"
     write_parquet(frame, path)
     return {
