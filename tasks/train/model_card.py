@@ -346,8 +346,8 @@ def limitations_lines(metrics: dict[str, Any]) -> list[str]:
     """What the samples above show, in words chosen by held-out bits per byte (not by hope)."""
     bpb = metrics.get("val_bpb", float("inf"))
     if bpb > 1.5:
-        quality = (f"At {bpb:.2f} bits per byte it has learned the corpus's characters, common words and layout, not "
-                   "language: its samples are not coherent text, and it follows no instructions.")
+        quality = (f"At {bpb:.2f} bits per byte it has learned the corpus's characters, common words, layout and local word "
+                   "order, not meaning: its samples are not coherent text, and it follows no instructions.")
     elif bpb > 1.0:
         quality = (f"At {bpb:.2f} bits per byte it writes locally plausible fragments without coherent content; do not expect "
                    "correct facts, code or answers.")
