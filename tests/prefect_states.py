@@ -53,3 +53,21 @@ def by_stage(states: dict[str, str]) -> dict[str, set[str]]:
     for name, state in states.items():
         out.setdefault(name.split("-")[0], set()).add(state)
     return out
+
+
+def retry_delays(flow_run_id, prefix: str) -> list[float]:
+    """Seconds each retry of the flow run's task runs named ``prefix...`` was scheduled to wait.
+
+    Read from the AwaitingRetry states Prefect recorded (scheduled time minus the state's own
+    time): the delay the task actually used, not one measured on a clock.
+    """
+    delays = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)
+        for run in runs:
+            if not run.name.startswith(prefix):
+                continue
+            for state in client.read_task_run_states(run.id):
+                if state.name == "AwaitingRetry" and state.state_details.scheduled_time is not None:
+                    delays.append((state.state_details.scheduled_time - state.timestamp).total_seconds())
+    return delays

@@ -14,9 +14,9 @@ import pytest
 import lmwright.flows.curate as curate_module
 from lmwright.flows.config import CurateConfig, load_config
 from lmwright.flows.curate import curate
-from lmwright.tasks.core.dataset import DatasetRef, IncompleteDatasetError, read_manifest
+from lmwright.tasks.core.dataset import IncompleteDatasetError, read_manifest
 from lmwright.tasks.core.stage import ShardStage
-from tests.prefect_states import by_stage, task_states
+from tests.prefect_states import by_stage, retry_delays, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -57,11 +57,11 @@ def test_curate_caches_by_fingerprint_and_reruns_only_what_changed(tmp_path: Pat
     first, states = run(config)
     assert set(states.values()) == {"Completed"}
     assert {"ingest", "normalize", "langid", "quality", "pii", "dedup", "card"} <= set(by_stage(states))
-    corpus = first.corpus_ref().read()
+    corpus = first.corpus.read()
     assert corpus.height > 0 and corpus["id"].is_unique().all()
     assert "c4-30" not in corpus["id"].to_list()  # the planted duplicate of c4-0
     assert set(corpus["lang"].to_list()) == {"en"}
-    assert (Path(first.corpus) / "card.md").exists()
+    assert (first.corpus.dir / "card.md").exists()
 
     # (a) an unchanged rerun recomputes nothing
     again, states = run(config)
@@ -78,7 +78,7 @@ def test_curate_caches_by_fingerprint_and_reruns_only_what_changed(tmp_path: Pat
     assert changed.corpus != first.corpus
 
     # (c) a deleted stage output reruns that stage; the rest stays cached
-    shutil.rmtree(first.stages["normalize"])
+    shutil.rmtree(first.stages["normalize"].dir)
     _, states = run(config)
     stages = by_stage(states)
     assert stages["normalize"] == {"Completed"}
@@ -100,21 +100,27 @@ def test_failed_task_succeeds_on_retry_without_rerunning_upstream(
         return real.apply(docs, params)
 
     monkeypatch.setattr(curate_module, "QUALITY_STAGE", ShardStage(real.name, real.version, flaky))
-    # The task holds its delays (patching tasks.core.stage.RETRY_DELAYS would change nothing): no waiting here.
+    # Prefect reads the delays from the task object when it retries (the task took its own
+    # reference to RETRY_DELAYS when stage_task was built: rebinding that name would change nothing).
+    assert stage_module.process_shard.retry_delay_seconds == stage_module.RETRY_DELAYS != [0]
     monkeypatch.setattr(stage_module.process_shard, "retry_delay_seconds", [0])
-    result, states = run(config_for(workdir, corpus_dir, "quality.gopher_quality.min_doc_words=55"))
+    state = curate(config_for(workdir, corpus_dir, "quality.gopher_quality.min_doc_words=55"), return_state=True)
+    result, states = state.result(), task_states(state.state_details.flow_run_id)
     stages = by_stage(states)
     assert stages["ingest"] == stages["normalize"] == stages["langid"] == {"Cached"}
     assert stages["quality"] == {"Completed"}
     assert calls["n"] >= 2
-    assert DatasetRef("dedup", "x", result.corpus).manifest()["rows"] > 0
+    # the retry waited what the test set, not the stage's default (RETRY_DELAYS[0] = 1 s): as Prefect recorded it
+    delays = retry_delays(state.state_details.flow_run_id, "quality-")
+    assert len(delays) == 1 and delays[0] < stage_module.RETRY_DELAYS[0] / 2, delays
+    assert result.corpus.manifest()["rows"] > 0
 
 
 def test_directory_without_manifest_is_never_read(tmp_path: Path, corpus_dir: Path) -> None:
     workdir = tmp_path / "work"
     config = config_for(workdir, corpus_dir)
     first, _ = run(config)
-    langid_dir = Path(first.stages["langid"])
+    langid_dir = first.stages["langid"].dir
     (langid_dir / "manifest.json").unlink()  # as if killed between the last shard and the manifest
     with pytest.raises(IncompleteDatasetError, match="half-written"):
         read_manifest(langid_dir)
@@ -170,14 +176,14 @@ def test_links_that_cannot_be_read_and_invisible_characters_show_in_stats_and_ca
 
     result, states = run(config_for(tmp_path / "work", corpus_dir))
     assert set(states.values()) == {"Completed"}
-    ingest = json.loads((Path(result.stages["ingest"]) / "stats.json").read_text())
+    ingest = result.stages["ingest"].stats()
     assert ingest["skipped_by_reason"] == {"ingest_broken_symlink": 1, "ingest_symlink_loop": 2}
-    normalize = json.loads((Path(result.stages["normalize"]) / "stats.json").read_text())
+    normalize = result.stages["normalize"].stats()
     assert normalize["counts"] == {"invisible_chars_stripped": 5}
-    card = (Path(result.corpus) / "card.md").read_text()
+    card = (result.corpus.dir / "card.md").read_text()
     assert "ingest_symlink_loop 2" in card and "dangling.jsonl" in card
     assert "| normalize | invisible_chars_stripped | 5 |" in card
-    corpus = result.corpus_ref().read()
+    corpus = result.corpus.read()
     assert not corpus["text"].str.contains("[\u200b\u202e\u202c]").any()
 
 
