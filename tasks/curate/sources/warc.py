@@ -97,13 +97,21 @@ def _unless_damaged(
     """The record's outcome, or ``ingest_truncated`` when a damaged gzip member (cut short or corrupt inside
     the file) fed bytes into it, or lost bytes inside it, between its start and the next record's."""
     for lo, hi, why in damage:
-        inside = offset < lo < (end if end is not None else lo + 1) if lo == hi else lo < (end if end is not None else hi) and hi > offset
-        if inside:
+        if _overlaps(lo, hi, offset, end):
             blamed.add(lo)
             if isinstance(outcome, Rejected) and outcome.reason == "ingest_truncated":
                 return outcome
             return Rejected("ingest_truncated", f"offset={offset}", f"{why}: the record holds bytes {lo}-{hi} of a damaged gzip member")
     return outcome
+
+
+def _overlaps(lo: int, hi: int, start: int, end: int | None) -> bool:
+    """Whether the damaged output ``[lo, hi)`` touches a record spanning ``[start, end)`` (``end`` None: to the
+    stream's end). A member that gave no bytes at all (``lo == hi``) counts when it falls inside the record."""
+    stop = end if end is not None else float("inf")
+    if lo == hi:
+        return start < lo < stop
+    return lo < stop and hi > start
 
 
 def _record(rec: object, offset: int, max_doc_bytes: int, html: HtmlExtraction) -> Record | Rejected:
