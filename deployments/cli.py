@@ -323,7 +323,7 @@ def run_pipeline(command: str, config: Any) -> int:
         wait_for_server()
         result = curate.with_options(task_runner=runner)(config)
         print(f"data card: {result.card}", file=sys.stderr)
-        print(result.corpus)
+        print(result.corpus.path)
         return 0
 
     from lmwright.flows.pipeline import pipeline
@@ -332,8 +332,8 @@ def run_pipeline(command: str, config: Any) -> int:
     wait_for_server()
     result = pipeline.with_options(task_runner=runner)(config, until=until)
     print(f"data card: {result.card}", file=sys.stderr)
-    if result.models:
-        print(f"model: {result.models.finetuned or result.models.pretrained}", file=sys.stderr)
+    if result.models and result.models.pretrained:
+        print(f"model: {result.models.final.path}", file=sys.stderr)
     if result.evaluation:
         m = result.evaluation.metrics
         print(f"report: {result.evaluation.report} (val_loss {m['val_loss']}, val_bpb {m['val_bpb']})", file=sys.stderr)
@@ -377,8 +377,8 @@ def _yaml_value(value: Any, limit: int = 40) -> str:
 
 # --------------------------------------------------------------------------- status
 
-STAGE_ORDER = ["ingest", "license", "normalize", "langid", "quality", "pii", "bias", "dedup", "tokenize", "sft",
-               "pretrain", "finetune", "evaluate", "export"]
+STAGE_ORDER = ["ingest", "urlfilter", "license", "normalize", "langid", "quality", "pii", "bias", "dedup", "tokenize",
+               "sft", "pretrain", "finetune", "evaluate", "export"]
 
 
 def _stage_rank(stage: str) -> int:

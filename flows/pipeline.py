@@ -12,6 +12,7 @@ from lmwright.flows.config import PipelineConfig
 from lmwright.flows.curate import curate
 from lmwright.flows.forms import DEFAULT_PRESET, PipelineForm, resolve_config
 from lmwright.flows.train import Evaluation, TrainedModels, evaluate_flow, train_flow
+from lmwright.tasks.core.dataset import DatasetRef
 from lmwright.tasks.core.results import PERSISTED_RESULTS
 from lmwright.tasks.curate.sources import SourceInput
 
@@ -19,7 +20,7 @@ Until = Literal["curate", "tokenize", "pretrain", "finetune", "evaluate", "expor
 
 
 class PipelineResult(BaseModel):
-    corpus: str
+    corpus: DatasetRef
     card: str
     models: TrainedModels | None = None
     evaluation: Evaluation | None = None
@@ -27,13 +28,13 @@ class PipelineResult(BaseModel):
     def result_dir(self, until: Until) -> str:
         """The directory of the last stage asked for: what the CLI prints last."""
         if until == "curate" or self.models is None:
-            return self.corpus
-        if until == "tokenize":
-            return self.models.tokens
+            return self.corpus.path
+        if until == "tokenize" or self.models.pretrained is None:
+            return self.models.tokens.path
         if until == "pretrain":
-            return self.models.pretrained
+            return self.models.pretrained.path
         if until == "finetune":
-            return self.models.finetuned or self.models.pretrained
+            return self.models.final.path
         assert self.evaluation is not None
         if until == "evaluate":
             return self.evaluation.report
@@ -67,7 +68,7 @@ def pipeline(
         return PipelineResult(corpus=curated.corpus, card=curated.card, models=models)
     evaluation = evaluate_flow(config, models, curated.card, export=until == "export")
     logger = get_run_logger()
-    logger.info("model: %s", models.finetuned or models.pretrained)
+    logger.info("model: %s", models.final.path)
     logger.info("report: %s; data card: %s", evaluation.report, curated.card)
     if evaluation.export:
         logger.info("export: %s (%s)", evaluation.export, "promoted" if evaluation.promoted else "not promoted")

@@ -21,23 +21,21 @@ from pydantic import BaseModel, Field
 from lmwright.flows.config import PipelineConfig
 from lmwright.flows.curate import curate
 from lmwright.flows.forms import DEFAULT_PRESET, RefreshForm, RefreshSettingsForm, resolve_config, resolve_settings
-from lmwright.flows.train import Evaluation, TrainedModels, evaluate_flow
+from lmwright.flows.train import Evaluation, TrainedModels, evaluate_flow, finetune
 from lmwright.models.checkpoint import load_config
 from lmwright.tasks.core.dataset import DatasetRef, file_sha256, is_complete
 from lmwright.tasks.train.carbon_window import wait_for_window
 from lmwright.models.run import ModelRef
-from lmwright.tasks.train.modeling import evaluate_model, finetune_model, model_work, pretrain_model
+from lmwright.tasks.train.modeling import evaluate_model, evaluation_work, model_work, pretrain_model
 from lmwright.tasks.refresh.ledger import Ledger, ledger_path, new_source_specs, repair_ledger, scan_sources, write_ledger
 from lmwright.tasks.refresh.mix import run_mix
 from lmwright.tasks.refresh.plan import RefreshPlan, content_addressed_tokenizer, pending_path, plan_refresh, refresh_lock
 from lmwright.tasks.refresh.previous_dedup import REASON_ID, REASON_PREVIOUS, index_params_of, run_previous_dedup
 from lmwright.tasks.refresh.settings import RefreshSettings
 from lmwright.tasks.refresh.versions import commit_version, dataset_entry, next_version, read_latest
-from lmwright.tasks.train.sft import run_sft_data
 from lmwright.tasks.curate.sources import SourceInput
 from lmwright.tasks.curate.license import LicenseParams, resolve_optouts
 from lmwright.tasks.core.results import PERSISTED_RESULTS
-from lmwright.tasks.core.stage import plan_stage
 from lmwright.tasks.train.token_dataset import TOKENIZER_FILE, TokenDatasetRef
 from lmwright.tasks.train.tokenize import TokenizeParams, run_tokenize
 from lmwright.tasks.refresh.withdraw import (
@@ -121,7 +119,7 @@ def refresh(
             curated = curate(config.model_copy(update={"ingest": config.ingest.model_copy(update={"sources": specs})}))
             # ... and against everything earlier versions kept
             kept, index_part = run_previous_dedup(
-                workdir, curated.corpus_ref(), config.dedup, settings.threshold, base, checks, withdrawn=record
+                workdir, curated.corpus, config.dedup, settings.threshold, base, checks, withdrawn=record
             )
             stats = kept.stats()
             n_kept, n_prev = stats["kept"], stats["rejected_by_reason"].get(REASON_PREVIOUS, 0)
@@ -144,8 +142,9 @@ def refresh(
             models, init_from = continue_training(workdir, config, settings, plan, tokens)
             evaluation = evaluate_refresh(config, settings, plan, models, curated.card, record)
             info |= {
-                "curated": curated.corpus, "stages": curated.stages, "card": curated.card, "tokens": tokens.path,
-                "model": models.finetuned or models.pretrained, "pretrained": models.pretrained, "init_from": init_from,
+                "curated": curated.corpus.path, "stages": {k: v.path for k, v in curated.stages.items()}, "card": curated.card,
+                "tokens": tokens.path, "model": models.final.path, "pretrained": models.pretrained and models.pretrained.path,
+                "init_from": init_from,
                 "promoted": evaluation.promoted, "reasons": evaluation.reasons,
             }
             added, index_file = dataset_entry(kept, "", new_tokens), Path(index_part["path"])
@@ -248,13 +247,13 @@ def tokenize_and_mix(
             continue
         t = d.get("tokens")
         if t and t["tokenizer_sha256"] == tokenizer_sha and is_complete(t["path"]):
-            old.append(TokenDatasetRef(t["path"], t["fingerprint"]))
+            old.append(TokenDatasetRef.at(t["path"]))
         else:  # another tokenizer (or its arrays were deleted): encode that version's documents again (cached)
             cas = content_addressed_tokenizer(workdir, new_tokens.dir / TOKENIZER_FILE)
             again = TokenizeParams(**{**config.tokenize.model_dump(), "tokenizer_path": str(cas)})
             old.append(run_tokenize(workdir, DatasetRef(d["stage"], d["fingerprint"], d["path"]), again, config.validation, config.energy))
     block = _block_size(config, plan, new_tokens)
-    return run_mix(workdir, new_tokens, old, settings, block), new_tokens
+    return run_mix(workdir, new_tokens, old, settings, block, config.validation), new_tokens
 
 
 def _block_size(config: PipelineConfig, plan: RefreshPlan, tokens: TokenDatasetRef) -> int:
@@ -276,14 +275,10 @@ def continue_training(
     if settings.carbon_window and not work.done():
         wait_for_window(settings.carbon_window)  # choose when to train: Paused in the UI until the window opens
     pretrained = pretrain_model(work, tokens, params, init_from=init_from, energy=config.energy)
-    models = TrainedModels(tokens=tokens.path, pretrained=pretrained.path)
+    models = TrainedModels(tokens=tokens, pretrained=pretrained)
     if config.finetune.enabled:
-        block = pretrained.load().config.block_size
-        sft = run_sft_data(workdir, tokens, config.finetune.data, block)
-        ft_params = {"train": config.finetune.train, "lora": config.finetune.lora}
-        work = model_work(workdir, "finetune", ft_params, [pretrained.fingerprint, sft.fingerprint])
-        finetuned = finetune_model(work, pretrained, sft, config.finetune.train, config.finetune.lora, energy=config.energy)
-        models = models.model_copy(update={"finetuned": finetuned.path, "sft": sft.path})
+        sft, finetuned = finetune(config, tokens, pretrained)
+        models = models.model_copy(update={"finetuned": finetuned, "sft": sft})
     return models, init_from
 
 
@@ -308,21 +303,11 @@ def evaluate_refresh(
 def _regression(config: PipelineConfig, settings: RefreshSettings, plan: RefreshPlan, models: TrainedModels) -> str | None:
     if settings.max_regression is None or plan.base is None or not Path(plan.base.promoted).is_dir():
         return None
-    tokens = TokenDatasetRef(models.tokens, Path(models.tokens).name)
-    sft = None
-    if models.sft:
-        from lmwright.tasks.train.sft import SftDatasetRef
-
-        sft = SftDatasetRef(path=models.sft, fingerprint=Path(models.sft).name)
-    final_path = models.finetuned or models.pretrained
-    new = ModelRef(Path(final_path).parent.name, Path(final_path).name, final_path)
-    old_path = plan.base.promoted
-    old = ModelRef(Path(old_path).parent.name, Path(old_path).name, old_path)
-    # The same work (so the same cache entry) evaluate_flow uses for the new model.
-    new_work = plan_stage(config.workdir, "evaluate", "1", config.evaluate, [new.fingerprint, tokens.fingerprint], area="evals")
-    old_work = plan_stage(config.workdir, "evaluate", "1", config.evaluate, [old.fingerprint, tokens.fingerprint], area="evals")
-    new_m = evaluate_model(new_work.for_unit(new.stage), new, tokens, sft, config.evaluate)
-    old_m = evaluate_model(old_work.for_unit("promoted"), old, tokens, sft, config.evaluate)
+    tokens, sft, new, old = models.tokens, models.sft, models.final, ModelRef.at(plan.base.promoted)
+    # evaluate_flow then finds the new model's evaluation in the cache: the same work
+    new_m = evaluate_model(evaluation_work(config.workdir, new, tokens, config.evaluate), new, tokens, sft, config.evaluate)
+    old_work = evaluation_work(config.workdir, old, tokens, config.evaluate, name="promoted")
+    old_m = evaluate_model(old_work, old, tokens, sft, config.evaluate)
     if new_m["val_loss"] > old_m["val_loss"] + settings.max_regression:
         return (
             f"val_loss {new_m['val_loss']:.4f} on this refresh's held-out tokens is worse than the promoted model's "

@@ -25,7 +25,7 @@ def curated(tmp_path: Path, shared_data: Path) -> Path:
     rows.append({"id": "short", "text": "Write to jane.doe@example.org today."})
     (src / "c4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = load_config(CurateConfig, "tiny", [f"ingest.sources=[{src}]"], workdir=str(tmp_path / "work"))
-    return Path(curate(config).corpus)
+    return curate(config).corpus.dir
 
 
 def test_the_data_card_is_publishable(curated: Path) -> None:

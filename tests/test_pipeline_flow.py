@@ -10,8 +10,6 @@ import torch
 
 from lmwright.flows.config import PipelineConfig, load_config
 from lmwright.flows.pipeline import pipeline
-from lmwright.models.run import ModelRef
-from lmwright.tasks.train.token_dataset import TokenDatasetRef
 from tests.prefect_states import all_task_states, by_stage
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -62,7 +60,7 @@ def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
         assert (hf / name).is_file(), name
     assert "## Evaluation" in (hf / "README.md").read_text()
-    assert (Path(result.models.pretrained) / "loss.png").stat().st_size > 1000
+    assert (result.models.pretrained.dir / "loss.png").stat().st_size > 1000
 
     # energy and CO2 are present and positive for every stage, tokenize and both training runs included
     work = tmp_path / "w"
@@ -76,14 +74,14 @@ def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path
     assert "| tokenize |" in (hf / "README.md").read_text() and "| pretrain |" in (hf / "README.md").read_text()
 
     # training planned, validated its final weights, and its progress artifact ended at the real end
-    pre = json.loads((Path(result.models.pretrained) / "result.json").read_text())
+    pre = json.loads((result.models.pretrained.dir / "result.json").read_text())
     assert pre["plan"]["steps"] == pre["steps"] == 30 and pre["stopped"] == "max_steps"
-    history = (Path(result.models.pretrained) / "metrics.jsonl").read_text().splitlines()
+    history = (result.models.pretrained.dir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(history[-1])["step"] == 30
     assert progress_artifact("pretrain-progress") == 100.0
 
     # the fine-tuned model starts from the pretrained weights (transfer), with LoRA merged away
-    ft = ModelRef("finetune", Path(result.models.finetuned).name, result.models.finetuned)
+    ft = result.models.finetuned
     assert not any("lora" in k for k in ft.load().state_dict())
 
     # an immediate rerun: every task of every subflow is a cache hit
@@ -96,9 +94,9 @@ def test_pipeline_end_to_end_then_fully_cached(tmp_path: Path, shared_data: Path
     reporting = ("promote", "publish_energy")
     not_cached = {k: v for k, v in states.items() if v != "Cached" and k not in subflow_runs and not k.startswith(reporting)}
     assert not not_cached, not_cached
-    # one task run per finished stage, none per shard: curate 9 (8 stages + card), tokenize 2, pretrain, sft, finetune,
+    # one task run per finished stage, none per shard: curate 10 (9 stages + card), tokenize 2, pretrain, sft, finetune,
     # 2 evaluations, export, promote, publish_energy (benchmarks/cached_rerun.py counts the same for `lmwright run`)
-    assert len(set(states) - subflow_runs) <= 19, sorted(states)
+    assert len(set(states) - subflow_runs) <= 20, sorted(states)
 
 
 def progress_artifact(key: str) -> float:
@@ -115,7 +113,7 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path: Path, share
     transformers = pytest.importorskip("transformers")
     config = small_config(tmp_path / "w", shared_data, "finetune.enabled=false")
     result = pipeline(config)
-    ours = ModelRef("pretrain", Path(result.models.pretrained).name, result.models.pretrained).load()
+    ours = result.models.pretrained.load()
     hf = transformers.AutoModelForCausalLM.from_pretrained(result.evaluation.export).eval()
     tok = transformers.AutoTokenizer.from_pretrained(result.evaluation.export)
     ids = torch.tensor([tok("It is a truth universally acknowledged")["input_ids"]])
@@ -142,9 +140,9 @@ def test_one_document_still_gets_a_validation_split(tmp_path: Path, shared_data:
         workdir=str(tmp_path / "w"),
     )
     result = pipeline(config, until="pretrain")
-    tokens = TokenDatasetRef(path=result.models.tokens, fingerprint=Path(result.models.tokens).name)
+    tokens = result.models.tokens
     assert sorted(tokens.meta()["docs"].values()) == [0, 1]  # the one document is on one side
     train, val = tokens.heldout_split(block_size=64)
     assert len(val) >= 4 * 65 and len(train) + len(val) == len(tokens.train_tokens()) + len(tokens.val_tokens())
-    pre = json.loads((Path(result.models.pretrained) / "result.json").read_text())
+    pre = json.loads((result.models.pretrained.dir / "result.json").read_text())
     assert pre["steps"] == 6 and any("too few documents" in w for w in pre["plan"]["warnings"])

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 import lmwright.tasks.refresh.versions as versions
+from lmwright.data_quality import ValidationSettings
 from lmwright.flows.config import PipelineConfig, load_config
 from lmwright.flows.refresh import RefreshResult, refresh
 from lmwright.tasks.core.dataset import DatasetRef
@@ -299,7 +300,7 @@ def hand_tokens(path: Path, splits: dict[str, list[list[int]]], prefix: str) -> 
             "bytes": {s: 4 * n for s, n in count.items()}, "bytes_per_token": {s: 4.0 for s in splits}}
     (path / "meta.json").write_text(json.dumps(meta))
     (path / "manifest.json").write_text("{}")
-    return TokenDatasetRef(str(path), path.name), by_id
+    return TokenDatasetRef.at(path), by_id
 
 
 def test_mix_writes_the_new_split_whole_then_each_replayed_document(tmp_path: Path) -> None:
@@ -309,7 +310,7 @@ def test_mix_writes_the_new_split_whole_then_each_replayed_document(tmp_path: Pa
     old, old_docs = hand_tokens(tmp_path / "old", {"train": [doc(n) for n in (3, 9, 4, 6, 8)],
                                                    "val": [doc(n) for n in (5, 6, 7)]}, "old")
     settings = RefreshSettings(replay_fraction=0.5, min_val_tokens=0, carbon_window=None)
-    mixed = run_mix(tmp_path / "w", new, [old], settings, block_size=4)
+    mixed = run_mix(tmp_path / "w", new, [old], settings, 4, ValidationSettings())
 
     train, val = mixed.tokens("train"), mixed.tokens("val")
     assert train[:12].tolist() == new_docs["new-train-0"] + new_docs["new-train-1"]  # the new split first, whole

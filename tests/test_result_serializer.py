@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -29,27 +30,46 @@ from lmwright.tasks.core.results import (
     check_record,
 )
 from lmwright.tasks.core.stage import StageWork, stage_task
+from lmwright.tasks.core.ref import Ref
+from lmwright.tasks.train.sft import SftDatasetRef
 from lmwright.tasks.train.token_dataset import TokenDatasetRef
 from tests.prefect_states import task_states
 
 REF = DatasetRef(stage="quality", fingerprint="f" * 20, path="/w/datasets/quality/fff")
+TOKENS = TokenDatasetRef.at("/w/datasets/tokenize/" + "t" * 20)
+MODEL = ModelRef.at("/w/models/pretrain/" + "m" * 20)
+SFT = SftDatasetRef.at("/w/datasets/sft/" + "s" * 20)
 RESULTS = [
     REF,
     [ShardStats("part-00000", docs_in=3, kept=2, rejected=1, reasons={"gopher_short_doc": 1}, energy={"kwh": 0.5})],
     StageWork("dedup", "a" * 20, "/w/datasets/dedup/aaa", unit="sig-part-00000"),
-    TokenDatasetRef(path="/w/tokens/t", fingerprint="t" * 20),
-    ModelRef(stage="pretrain", fingerprint="m" * 20, path="/w/models/pretrain/m"),
-    CuratedCorpus(corpus="/w/c", card="/w/c/card.md", stages={"ingest": "/w/i"}),
+    TOKENS,
+    MODEL,
+    SFT,
+    CuratedCorpus(corpus=REF, card="/w/c/card.md", stages={"quality": REF}),
     PipelineResult(
-        corpus="/w/c",
+        corpus=REF,
         card="/w/c/card.md",
-        models=TrainedModels(tokens="/w/t", pretrained="/w/p", finetuned=None, sft="/w/s"),
+        models=TrainedModels(tokens=TOKENS, pretrained=MODEL, finetuned=None, sft=SFT),
         evaluation=Evaluation(report="/w/e", metrics={"val_loss": 2.5, "gate": {"passed": True}}, export=None, promoted=False, reasons=["x"]),
     ),
     {"clusters": 3, "path": "/w/clusters.parquet", "energy": None, "ratio": 0.25},
     (False, ["val_bpb above the gate"]),
     {"__type__": "os:system"},  # a plain dict that happens to use a tag as key stays a dict
 ]
+
+
+@pytest.mark.parametrize("kind", [DatasetRef, TokenDatasetRef, ModelRef, SftDatasetRef], ids=lambda k: k.__name__)
+def test_every_ref_kind_is_the_one_ref_built_and_persisted_one_way(kind):
+    """The kinds add readers only: the same three fields, built from a directory, persisted as the same JSON."""
+    assert issubclass(kind, Ref) and dataclasses.fields(kind) == dataclasses.fields(Ref)
+    ref = kind.at("/w/models/finetune/abc")
+    assert (ref.stage, ref.fingerprint, ref.path) == ("finetune", "abc", "/w/models/finetune/abc")
+    assert json.loads(RESULT_SERIALIZER.dumps(ref)) == {
+        "__type__": f"{kind.__module__}:{kind.__qualname__}",
+        "fields": {"stage": "finetune", "fingerprint": "abc", "path": "/w/models/finetune/abc"},
+    }
+    assert RESULT_SERIALIZER.loads(RESULT_SERIALIZER.dumps(ref)) == ref and ref != Ref.at(ref.path)  # a kind stays its kind
 
 
 @pytest.mark.parametrize("value", RESULTS, ids=lambda v: type(v).__name__)
@@ -183,7 +203,7 @@ def test_every_flow_persists_its_result_as_typed_json():
 
 @flow(persist_result=True, **PERSISTED_RESULTS)
 def corpus_flow(path: str) -> CuratedCorpus:
-    return CuratedCorpus(corpus=path, card=f"{path}/card.md", stages={"dedup": path})
+    return CuratedCorpus(corpus=DatasetRef.at(path), card=f"{path}/card.md", stages={"dedup": DatasetRef.at(path)})
 
 
 def test_a_flow_result_on_disk_is_typed_json_and_reads_back_as_its_type(prefect_harness, tmp_path):

@@ -137,19 +137,19 @@ def test_curate_with_retention_drop_leaves_no_raw_pii_and_reruns_from_cache(tmp_
     assert set(states.values()) == {"Completed"}, states
     assert "retention" in by_stage(states)
 
-    corpus = first.corpus_ref().read()
+    corpus = first.corpus.read()
     assert corpus.height >= 10 and corpus["id"].str.starts_with("<EMAIL:").sum() == 1
-    assert (Path(first.corpus) / "clusters.parquet").is_file()
+    assert (first.corpus.dir / "clusters.parquet").is_file()
     # no planted PII in any Parquet file left under the workdir: corpus, clusters, signatures, every stage
     everything = all_strings(workdir)
     assert not [p for p in PLANTED if p in everything]
-    assert RAW_TEXT in all_strings(Path(first.corpus))
+    assert RAW_TEXT in all_strings(first.corpus.dir)
     for stage in ("ingest", "license", "normalize", "langid", "quality"):
-        ref = DatasetRef(stage, Path(first.stages[stage]).name, first.stages[stage])
+        ref = first.stages[stage]
         assert text_dropped(ref) and all(pl.read_parquet_schema(p).keys() == {"id"} for p in ref.parts())
         assert RAW_TEXT not in all_strings(ref.dir)
         assert ref.manifest()["rows"] == sum(pl.read_parquet(p).height for p in ref.parts())
-    rejected = [p for s in ("ingest", "license", "normalize", "langid", "quality") for p in Path(first.stages[s]).glob("rejected/*.parquet")]
+    rejected = [p for s in ("ingest", "license", "normalize", "langid", "quality") for p in first.stages[s].dir.glob("rejected/*.parquet")]
     assert rejected and all("text" not in pl.read_parquet_schema(p) for p in rejected)
     assert "retention.intermediate_text: drop" in Path(first.card).read_text()
 
@@ -161,7 +161,7 @@ def test_curate_with_retention_drop_leaves_no_raw_pii_and_reruns_from_cache(tmp_
     # a changed threshold after a dropped stage: the dropped datasets are rebuilt from the sources
     changed, states = run(config_for(workdir, planted_source, "retention.intermediate_text=drop", "pii.drop_above=100"))
     assert by_stage(states)["pii"] == {"Completed"} and changed.corpus != first.corpus
-    assert changed.corpus_ref().read().height == corpus.height
+    assert changed.corpus.read().height == corpus.height
     assert not [p for p in PLANTED if p in all_strings(workdir)]
 
 
@@ -169,10 +169,10 @@ def test_curate_with_retention_drop_leaves_no_raw_pii_and_reruns_from_cache(tmp_
 def test_curate_rejected_keep_text_false_redacts_rejected_and_says_so(tmp_path: Path, planted_source: Path) -> None:
     workdir = tmp_path / "work"
     first, _ = run(config_for(workdir, planted_source, "rejected.keep_text=false"))
-    rejected = [p for s in ("ingest", "license", "normalize", "langid", "quality") for p in Path(first.stages[s]).glob("rejected/*.parquet")]
+    rejected = [p for s in ("ingest", "license", "normalize", "langid", "quality") for p in first.stages[s].dir.glob("rejected/*.parquet")]
     texts = pl.concat([pl.read_parquet(p, columns=["id", "text"]) for p in rejected])
     assert texts.height >= 1 and any("<EMAIL>" in t for t in texts["text"].to_list())
     assert not [p for p in PLANTED if p in "\n".join(string_values(p) for p in rejected)]
-    assert not [p for p in PLANTED if p in all_strings(Path(first.corpus))]
+    assert not [p for p in PLANTED if p in all_strings(first.corpus.dir)]
     card = Path(first.card).read_text()
     assert "## Retention" in card and "rejected.keep_text: false" in card

@@ -359,4 +359,4 @@ def test_identity_mixture_packs_exactly_as_without_one(tmp_path: Path, two_sourc
 )
 def test_too_few_documents_move_the_split_inside_the_larger_side(tmp_path: Path, tokens: dict, expected: tuple) -> None:
     (tmp_path / "meta.json").write_text(json.dumps({"tokens": tokens, "split": {"val_fraction": 0.05}}))
-    assert TokenDatasetRef(path=str(tmp_path), fingerprint="x").heldout_tail(block_size=128) == expected
+    assert TokenDatasetRef.at(tmp_path).heldout_tail(block_size=128) == expected

@@ -12,21 +12,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 from prefect import get_run_logger
 from pydantic import BaseModel
 
-from lmwright.data_quality import DataQualityError
+from lmwright.data_quality import ValidationSettings, validate_summary
+from lmwright.data_quality.tokens import mix_suite
 from lmwright.tasks.core.dataset import write_parquet
 from lmwright.tasks.core.files import atomic_copy, write_json
 from lmwright.tasks.core.hashing import unit_hash
 from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
 from lmwright.tasks.refresh.settings import RefreshSettings
 from lmwright.tasks.train.pack import write_ranges, write_token_manifest
-from lmwright.tasks.train.token_dataset import DOCS_FILE, META_FILE, TOKENIZER_FILE, TokenDatasetRef
+from lmwright.tasks.train.token_dataset import DOCS_FILE, META_FILE, TOKENIZER_FILE, TokenDatasetRef, token_summary
 
 VERSION = "1"
 MIX_STAGE = "refresh_mix"
@@ -57,12 +57,17 @@ def _sample(pool: pl.DataFrame, budget: int, salt: str) -> pl.DataFrame:
 
 @stage_task(task_run_name="refresh-mix")
 def mix_tokens(
-    work: StageWork, new: TokenDatasetRef, old: list[TokenDatasetRef], params: MixParams, min_val: int
+    work: StageWork,
+    new: TokenDatasetRef,
+    old: list[TokenDatasetRef],
+    params: MixParams,
+    min_val: int,
+    validation: ValidationSettings,
 ) -> TokenDatasetRef:
     """train.bin/val.bin = new tokens + a replay sample of old ones (whole documents, same split)."""
     out = Path(work.out_dir)
     if work.done():
-        return TokenDatasetRef(str(out), work.fingerprint)
+        return TokenDatasetRef.at(out)
     start = time.perf_counter()
     meta = new.meta()
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
@@ -116,7 +121,7 @@ def mix_tokens(
     }
     mixed_meta["mix"] = mix_info
     write_json(out / META_FILE, mixed_meta)
-    _check_mix(out, mixed_meta, docs)
+    validate_mix(out, validation)
     write_json(out / "stats.json", {"stage": MIX_STAGE, "fingerprint": work.fingerprint, **mix_info,
                                     "seconds": round(time.perf_counter() - start, 4)})
     inputs = [{"path": r.path, "fingerprint": r.fingerprint} for r in [new, *old]]
@@ -126,7 +131,7 @@ def mix_tokens(
         mix_info["new_tokens"]["train"], mix_info["replay_tokens"]["train"],
         mix_info["new_tokens"]["val"], mix_info["replay_tokens"]["val"],
     )
-    return TokenDatasetRef(str(out), work.fingerprint)
+    return TokenDatasetRef.at(out)
 
 
 def packed_docs(ref: TokenDatasetRef) -> pl.DataFrame:
@@ -152,27 +157,29 @@ def _split_ranges(new_tokens: int, replay: pl.DataFrame | None) -> pl.DataFrame:
     return pl.concat([p.cast(schema) for p in parts]) if parts else pl.DataFrame(schema=schema)
 
 
-def _check_mix(out: Path, meta: dict[str, Any], docs: pl.DataFrame) -> None:
-    """Before the manifest: counts agree, ids < vocab, every document once and in one split."""
-    problems = []
-    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
-    for split in ("train", "val"):
-        size = (out / f"{split}.bin").stat().st_size // dtype.itemsize
-        if size != meta["tokens"][split]:
-            problems.append(f"{split}.bin has {size} tokens, meta.json says {meta['tokens'][split]}")
-        if size:
-            top = int(np.max(np.memmap(out / f"{split}.bin", dtype=dtype, mode="r")))
-            if top >= meta["vocab_size"]:
-                problems.append(f"{split}.bin has token id {top} >= vocab size {meta['vocab_size']}")
-    repeated = docs.filter(pl.col("id").is_duplicated())["id"].unique().head(3).to_list()
-    if repeated:
-        problems.append(f"documents in the mix twice (or in both splits), e.g. {repeated}")
-    if problems:
-        raise DataQualityError(f"data quality FAILED: stage {MIX_STAGE!r}\n  " + "\n  ".join(problems))
+def validate_mix(out: Path, validation: ValidationSettings) -> None:
+    """The refresh_mix suite (data_quality/tokens.py), before the manifest: ids < vocab, arrays, meta.json
+    and docs.parquet agree, meta's tokens = new + replayed, every document once and in one split.
+    Raises DataQualityError, or warns under ``validation.severity`` (or ``stage_severity.refresh_mix``) warn."""
+    if not validation.enabled:
+        return
+    docs = pl.read_parquet(out / DOCS_FILE, columns=["id"])
+    summary, notes = token_summary(out, docs.height, [], roundtrip_docs=0)  # no corpus here: no round trip
+    mix = json.loads((out / META_FILE).read_text())["mix"]
+    summary = summary.with_columns(
+        pl.col("split").replace_strict(mix["new_tokens"], return_dtype=pl.Int64).alias("new_tokens"),
+        pl.col("split").replace_strict(mix["replay_tokens"], return_dtype=pl.Int64).alias("replay_tokens"),
+    )
+    validate_summary(MIX_STAGE, mix_suite(), summary, validation, "per-split summary", notes=notes)
 
 
 def run_mix(
-    workdir: str | Path, new: TokenDatasetRef, old: list[TokenDatasetRef], settings: RefreshSettings, block_size: int
+    workdir: str | Path,
+    new: TokenDatasetRef,
+    old: list[TokenDatasetRef],
+    settings: RefreshSettings,
+    block_size: int,
+    validation: ValidationSettings,
 ) -> TokenDatasetRef:
     """The flow-side half of the mix: no replay pool (or fraction 0) gives the new tokens unchanged."""
     if not old or settings.replay_fraction == 0:
@@ -182,4 +189,4 @@ def run_mix(
     min_val = 2 * (block_size + 1)
     work = plan_stage(workdir, MIX_STAGE, VERSION, {"mix": params, "min_val": min_val},
                       [new.fingerprint, *[r.fingerprint for r in old]])
-    return mix_tokens(work, new, old, params, min_val)
+    return mix_tokens(work, new, old, params, min_val, validation)

@@ -75,7 +75,7 @@ WITHDRAW_STAGE = ShardStage(name="withdraw", version=VERSION, apply=apply_withdr
 
 def _match_columns(path: Path, registry: pl.DataFrame) -> list[str]:
     names = pl.read_parquet_schema(path)
-    cols = ["id", *(c for c in ("url", "uri") if c in names)]
+    cols = ["id", *(c for c in ("url", "uri", "parent_id") if c in names)]
     if registry.filter(pl.col("kind") == "sha256").height:
         cols.append("text")  # content hashes need the text; ids, URLs and domains do not
     return cols
@@ -164,7 +164,7 @@ def _trained_on(tokens_dir: str | None, ids: pl.Series) -> set[str] | None:
         return set()
     if not (Path(tokens_dir) / DOCS_FILE).is_file():
         return None
-    docs = packed_docs(TokenDatasetRef(tokens_dir, Path(tokens_dir).name))
+    docs = packed_docs(TokenDatasetRef.at(tokens_dir))
     return set(docs.filter(pl.col("split") == "train", pl.col("id").is_in(ids.implode()))["id"].to_list())
 
 

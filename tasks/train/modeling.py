@@ -25,14 +25,15 @@ from prefect.artifacts import (
 
 from lmwright.models.run import ModelRef
 from lmwright.models.tokenizer import CHAT_TEMPLATE
-from lmwright.tasks.core.files import atomic_copy, write_json
+from lmwright.tasks.core.files import atomic_copy, atomic_write_text, write_json
 from lmwright.tasks.core.shipped import ROOT
-from lmwright.tasks.core.files import disk_problem, point_latest
+from lmwright.tasks.core.files import disk_problem
 from lmwright.tasks.train.probes import load_probes, probe_bias, probe_gate_failures, probe_metrics
-from lmwright.tasks.core.energy import EnergyRecord, EnergySettings, track, training_efficiency
+from lmwright.tasks.core.energy import EnergyRecord, EnergySettings, training_efficiency
 from lmwright.tasks.train.sft import SftDatasetRef
-from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
-from lmwright.tasks.train.tokenize import TokenDatasetRef, load_tokenizer
+from lmwright.tasks.core.stage import Made, StageWork, latest_as_stage, plan_stage, stage_step, stage_task
+from lmwright.models.tokenizer import load_tokenizer
+from lmwright.tasks.train.token_dataset import TokenDatasetRef
 from lmwright.tasks.core.progress import LiveProgress
 from lmwright.tasks.train.params import EvalParams, LoraParams, TrainParams
 
@@ -45,6 +46,29 @@ VERSION = "1"
 
 def model_work(workdir: str | Path, stage: str, params: Any, inputs: list[str]) -> StageWork:
     return plan_stage(workdir, stage, VERSION, params, inputs, area="models")
+
+
+def evaluation_work(
+    workdir: str | Path, model: ModelRef, tokens: TokenDatasetRef, params: EvalParams, name: str | None = None
+) -> StageWork:
+    """Where ``model``'s evaluation on ``tokens`` lives, and its cache identity: one per model, tokens and
+    settings, whichever flow asks (the refresh's regression check and the evaluate flow share it).
+    ``name`` (default: the model's stage) names the unit: its task run, artifacts and latest/ pointer."""
+    work = plan_stage(workdir, "evaluate", "1", params, [model.fingerprint, tokens.fingerprint], area="evals")
+    return work.for_unit(name or model.stage)
+
+
+def export_work(workdir: str | Path, model: ModelRef, model_card: str) -> StageWork:
+    """Where ``model``'s Hugging Face export with ``model_card`` lives, and its cache identity."""
+    return plan_stage(workdir, "export", "1", {"card": model_card}, [model.fingerprint], area="exports")
+
+
+def speed_text(tokens_per_s: float | None, mfu: float | None, peak: float | None = None) -> str:
+    """'  12,345 tokens/s  MFU 41.2%' as the loop measured them (training steps only), the same on a CPU and a GPU."""
+    if not tokens_per_s:
+        return ""
+    of_peak = f" of {peak / 1e12:.3g} TFLOP/s measured" if peak else ""
+    return f"  {tokens_per_s:,.0f} tokens/s in training steps  MFU {mfu:.1%}{of_peak}" if mfu else f"  {tokens_per_s:,.0f} tokens/s"
 
 
 class TrainingProgress:
@@ -72,8 +96,9 @@ class TrainingProgress:
         """A validation: always logged (it is where best and early stopping are decided)."""
         self.last_val = record["val_loss"]
         self.logger.info(
-            "%s step %d/%d  train %.4f  val %.4f  lr %.2e  %.0fs",
+            "%s step %d/%d  train %.4f  val %.4f  lr %.2e  %.0fs%s",
             self.stage, step, self.live.total, record["train_loss"], record["val_loss"], record["lr"], record["seconds"],
+            speed_text(record.get("tokens_per_s"), record.get("mfu")),
         )
         self.live.update(step, force=True, loss=record["train_loss"], val=record["val_loss"])
 
@@ -214,32 +239,35 @@ def _relay_progress(path: Path, seen: int, progress: TrainingProgress) -> int:
     return len(lines)
 
 
-def _finish(work: StageWork, result: TrainResult, extra: dict[str, Any]) -> ModelRef:
+def _finish(work: StageWork, result: TrainResult, extra: dict[str, Any]) -> dict[str, Any]:
+    """Loss curves and result.json of a training run; returns its marker's record."""
     out = Path(work.out_dir)
     plot_losses(out)
     tps = result.tokens_seen / max(result.seconds, 1e-9)
     summary = {**result.model_dump(), "tokens_per_second": round(tps, 1), **extra}
     write_json(out / "result.json", summary)
-    write_json(work.marker, {"stage": work.stage, "fingerprint": work.fingerprint, "version": VERSION, **extra})
-    point_latest(out, work.stage)
     get_run_logger().info(
-        "%s: %d steps (%s), best val loss %.4f at step %d, %.0f tokens/s",
+        "%s: %d steps (%s), best val loss %.4f at step %d, %.0f tokens/s overall%s",
         work.stage, result.steps, result.stopped, result.best_val_loss, result.best_step, tps,
+        speed_text(result.tokens_per_s, result.mfu, result.peak_flops),
     )
-    return ModelRef(work.stage, work.fingerprint, str(out))
+    return {"stage": work.stage, "fingerprint": work.fingerprint, "version": VERSION, **extra}
+
+
+def trained_model(work: StageWork) -> ModelRef:
+    return ModelRef.at(work.out_dir)
 
 
 @stage_task(task_run_name="{work.stage}", retries=2)
+@stage_step(read=trained_model, latest=latest_as_stage)
 def pretrain_model(
     work: StageWork,
     tokens: TokenDatasetRef,
     params: TrainParams,
     init_from: str | None = None,
     energy: EnergySettings | None = None,
-) -> ModelRef:
+) -> Made:
     """Next-token training on the token arrays (from scratch, or continuing a checkpoint)."""
-    if work.done():
-        return ModelRef(work.stage, work.fingerprint, work.out_dir)
     out = Path(work.out_dir)
     atomic_copy(Path(tokens.path) / "tokenizer.json", out / "tokenizer.json")
     from lmwright.tasks.train.loop import model_config
@@ -247,13 +275,13 @@ def pretrain_model(
     meta = tokens.meta()
     block = model_config(params, meta["vocab_size"], Path(init_from) if init_from else None).block_size
     data = tokens.training_data(block)
-    with track(work.stage, energy) as used:
-        result, plan = fit(work.stage, out, data, params, meta["vocab_size"], Path(init_from) if init_from else None, energy)
-    extra = {"tokens": tokens.path, "init_from": init_from, "plan": plan.to_json(), **_energy_extra(result, used)}
-    return _finish(work, result, extra)
+    result, plan = fit(work.stage, out, data, params, meta["vocab_size"], Path(init_from) if init_from else None, energy)
+    extra = {"tokens": tokens.path, "init_from": init_from, "plan": plan.to_json()}
+    return lambda used: _finish(work, result, {**extra, **_energy_extra(result, used)})
 
 
 @stage_task(task_run_name="{work.stage}", retries=2)
+@stage_step(read=trained_model, latest=latest_as_stage)
 def finetune_model(
     work: StageWork,
     base: ModelRef,
@@ -261,20 +289,16 @@ def finetune_model(
     params: TrainParams,
     lora: LoraParams | None,
     energy: EnergySettings | None = None,
-) -> ModelRef:
+) -> Made:
     """Supervised fine-tuning from a pretrained checkpoint, loss on response tokens only."""
-    if work.done():
-        return ModelRef(work.stage, work.fingerprint, work.out_dir)
     out = Path(work.out_dir)
     atomic_copy(base.tokenizer_path, out / "tokenizer.json")
     from lmwright.models.checkpoint import load_config
 
     vocab = load_config(base.best)["vocab_size"]
-    with track(work.stage, energy) as used:
-        result, plan = fit(work.stage, out, {"kind": "sft", "dir": sft.path}, params, vocab, base.best, energy, lora=lora)
-    extra = {"base": base.path, "sft": sft.path, "lora": lora.model_dump() if lora else None, "plan": plan.to_json(),
-             **_energy_extra(result, used)}
-    return _finish(work, result, extra)
+    result, plan = fit(work.stage, out, {"kind": "sft", "dir": sft.path}, params, vocab, base.best, energy, lora=lora)
+    extra = {"base": base.path, "sft": sft.path, "lora": lora.model_dump() if lora else None, "plan": plan.to_json()}
+    return lambda used: _finish(work, result, {**extra, **_energy_extra(result, used)})
 
 
 def _energy_extra(result: TrainResult, used: EnergyRecord) -> dict[str, Any]:
@@ -285,14 +309,21 @@ def _energy_extra(result: TrainResult, used: EnergyRecord) -> dict[str, Any]:
     }
 
 
+def metrics_of(work: StageWork) -> dict[str, Any]:
+    return json.loads((Path(work.out_dir) / "metrics.json").read_text())
+
+
+def evaluation_name(work: StageWork) -> str:
+    return f"evaluate-{work.unit or 'model'}"
+
+
 @stage_task(task_run_name="evaluate-{work.unit}")
+@stage_step(read=metrics_of, metered=False, latest=evaluation_name)
 def evaluate_model(
     work: StageWork, model_ref: ModelRef, tokens: TokenDatasetRef, sft: SftDatasetRef | None, params: EvalParams
 ) -> dict[str, Any]:
-    """Held-out loss, perplexity, bits per byte, fit diagnosis, samples and the promotion gate."""
+    """Held-out loss, perplexity, bits per byte, fit diagnosis, samples and the promotion gate -> metrics.json."""
     out = Path(work.out_dir)
-    if work.done():
-        return json.loads((out / "metrics.json").read_text())
     import torch
 
     from lmwright.tasks.train.evaluate import (
@@ -336,6 +367,15 @@ def evaluate_model(
         metrics["sft_response_loss"] = round(response_loss(model, ids, mask, params.batch_size, device), 5)
     tokenizer = load_tokenizer(model_ref.tokenizer_path)
     metrics["samples"] = samples(model, tokenizer, params, device)
+    if params.tasks.names:  # benchmarks score the export, as anyone who downloads it would
+        from lmwright.tasks.train.harness import lm_eval_missing, run_tasks
+
+        if missing := lm_eval_missing():  # an optional extra: the card and the gate say what was not scored
+            metrics["tasks_skipped"] = missing
+            get_run_logger().warning("benchmarks %s not run: %s", params.tasks.names, missing)
+        else:
+            metrics["tasks"] = run_tasks(write_hf(model.to("cpu"), model_ref.tokenizer_path, out / "hf"), params.tasks, "cpu")
+            model.to(device)
     failures = gate_failures(metrics, params.gate)
     if params.bias_probes:
         try:
@@ -349,9 +389,7 @@ def evaluate_model(
     metrics["gate"] = {"passed": not failures, "failures": failures}
     write_json(out / "metrics.json", metrics)
     _publish_metrics(work.unit or "model", metrics)
-    write_json(work.marker, {"stage": "evaluate", "fingerprint": work.fingerprint})
-    point_latest(out, f"evaluate-{work.unit or 'model'}")
-    return metrics
+    return {"stage": "evaluate", "fingerprint": work.fingerprint}
 
 
 def _blocks_progress(live: LiveProgress, part: int) -> Callable[[int, int], None]:
@@ -379,6 +417,9 @@ def _publish_metrics(name: str, metrics: dict[str, Any]) -> None:
                   "underfitting", "bias_gap_max", "bias_valence_gap_max", "params")
         if k in metrics
     ]
+    for task, scores in (metrics.get("tasks") or {}).items():
+        rows += [{"metric": f"{task}/{m}", "value": f"{v['value']:.3f} (95% {v['ci95'][0]:.3f}-{v['ci95'][1]:.3f})"}
+                 for m, v in scores["metrics"].items()]
     create_table_artifact(table=rows, key=f"metrics-{name}", description=f"Evaluation of {metrics['model']}")
     lines = [f"# Samples ({name})", ""]
     for s in metrics["samples"]:
@@ -388,35 +429,38 @@ def _publish_metrics(name: str, metrics: dict[str, Any]) -> None:
     create_markdown_artifact(markdown="\n".join(lines), key=f"samples-{name}")
 
 
+def exported(work: StageWork) -> str:
+    """The export's Hugging Face directory; its loss curves shown in the UI (a cached run's too)."""
+    hf_dir = Path(work.out_dir) / "hf"
+    _publish_card_figures(hf_dir)
+    return str(hf_dir)
+
+
+def write_hf(model: Any, tokenizer_path: Path, out_dir: Path, model_card: str | None = None) -> Path:
+    """The Hugging Face directory of a model: what export ships and what benchmarks score."""
+    from lmwright.models.export import export_hf
+
+    return export_hf(model, model.config, tokenizer_path, out_dir, model_card=model_card,
+                     additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"], chat_template=CHAT_TEMPLATE)
+
+
 @stage_task(task_run_name="export")
+@stage_step(read=exported, metered=False, latest=latest_as_stage)
 def export_model(
-    work: StageWork, model_ref: ModelRef, metrics: dict[str, Any], model_card: str, data_card: str | None = None
-) -> str:
+    work: StageWork, model_ref: ModelRef, metrics: dict[str, Any], model_card: str, data_card: str | None = None,
+    data_card_extra: str = "",
+) -> dict[str, Any]:
     """A Hugging Face directory: LlamaForCausalLM + tokenizer files + model card, its loss curves and the data card."""
     out = Path(work.out_dir)
-    if work.done():
-        _publish_card_figures(out / "hf")
-        return str(out / "hf")
-    from lmwright.models.export import export_hf
     from lmwright.tasks.train.model_card import DATA_CARD, card_figures
 
-    model = model_ref.load("cpu")
-    export_hf(
-        model,
-        model.config,
-        model_ref.tokenizer_path,
-        out / "hf",
-        model_card=model_card,
-        additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"],
-        chat_template=CHAT_TEMPLATE,
-    )
+    write_hf(model_ref.load("cpu"), model_ref.tokenizer_path, out / "hf", model_card)
     write_json(out / "hf" / "metrics.json", {k: v for k, v in metrics.items() if k != "samples"})
     card_figures(model_ref, out / "hf")
     if data_card:  # the model card links it; its pictures travel with it
-        atomic_copy(Path(data_card), out / "hf" / DATA_CARD)
+        # what happened to the corpus after curation (decontamination) joins the card that describes it
+        atomic_write_text(out / "hf" / DATA_CARD, Path(data_card).read_text().rstrip() + "\n\n" + data_card_extra if data_card_extra
+                          else Path(data_card).read_text())
         for png in sorted(Path(data_card).parent.glob("*.png")):
             atomic_copy(png, out / "hf" / png.name)
-    _publish_card_figures(out / "hf")
-    write_json(work.marker, {"stage": "export", "fingerprint": work.fingerprint})
-    point_latest(out, "export")
-    return str(out / "hf")
+    return {"stage": "export", "fingerprint": work.fingerprint}

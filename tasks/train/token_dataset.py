@@ -22,13 +22,12 @@ intermediates of tokenize, deleted once the manifest is written.
 
 A document's split is a hash of its id (``assign_split``): it lands in the same split on every
 run. ``TokenDatasetRef`` is what tasks pass and cache; ``token_summary`` is what the tokenize
-suite (data_quality/tokens.py) checks.
+suite (data_quality/tokens.py) checks, and with the mix's own columns what the refresh_mix suite checks.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +38,7 @@ from tokenizers import Tokenizer
 from lmwright.models.tokenizer import load_tokenizer, vocab_size_of
 from lmwright.tasks.core.dataset import read_manifest
 from lmwright.tasks.core.hashing import unit_hash
+from lmwright.tasks.core.ref import Ref
 
 # A side with fewer tokens than this many of the model's contexts cannot train or validate it:
 # then the split moves inside documents (TokenDatasetRef.heldout_tail).
@@ -65,16 +65,8 @@ def shard_paths(out_dir: Path, shard: str) -> dict[str, Path]:
     return {"train": d / f"{shard}.train.bin", "val": d / f"{shard}.val.bin", "docs": d / f"{shard}.docs.parquet"}
 
 
-@dataclass(frozen=True)
-class TokenDatasetRef:
-    """A small, picklable pointer to a finished token dataset (what tasks pass and cache)."""
-
-    path: str
-    fingerprint: str
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.path)
+class TokenDatasetRef(Ref):
+    """A finished token dataset: train.bin/val.bin, the document index, meta.json and the tokenizer."""
 
     def manifest(self) -> dict[str, Any]:
         return read_manifest(self.dir)  # raises IncompleteDatasetError on a half-written directory
@@ -151,12 +143,15 @@ def token_summary(
     """
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / META_FILE).read_text())
-    tok = load_tokenizer(out_dir / TOKENIZER_FILE)
-    vocab = vocab_size_of(tok)
+    # the tokenizer is the vocabulary's authority; without a round trip to decode, meta.json says it
+    tok = load_tokenizer(out_dir / TOKENIZER_FILE) if roundtrip_docs > 0 else None
+    vocab = vocab_size_of(tok) if tok is not None else int(meta["vocab_size"])
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
     docs = pl.read_parquet(out_dir / DOCS_FILE)
     if "repeats" not in docs.columns:  # written before mixtures: every document once
         docs = docs.with_columns(pl.lit(1, dtype=pl.Int64).alias("repeats"))
+    # a replay mix of such a dataset with newer ones: null where the column was missing, still once
+    docs = docs.with_columns(pl.col("repeats").fill_null(1))
     notes: list[str] = []
 
     # Every tokenized document in exactly one split; nothing missing (by the id's 64-bit hash).
@@ -187,7 +182,7 @@ def token_summary(
         .select("id", "text")
         .filter(pl.col("id").is_in(sample["id"].implode()))
         .collect()
-    )
+    ) if k else pl.DataFrame(schema={"id": pl.String, "text": pl.String})  # no round trip: no corpus to read
     text_of = dict(zip(texts["id"].to_list(), texts["text"].to_list()))
     mismatches = {s: 0 for s in SPLITS}
     eot_missing = {s: 0 for s in SPLITS}

@@ -19,7 +19,6 @@ if the packed output is later removed, the shards are simply encoded again.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from contextlib import ExitStack
@@ -46,7 +45,7 @@ from lmwright.tasks.core.dataset import DatasetRef, file_sha256, shard_name, wri
 from lmwright.tasks.core.energy import EnergySettings, merge_energy, track
 from lmwright.tasks.core.files import atomic_path, point_latest, write_json
 from lmwright.tasks.core.hashing import unit_hash
-from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
+from lmwright.tasks.core.stage import StageWork, plan_stage, stage_step, stage_task
 from lmwright.tasks.curate.mixture import MixtureParams
 from lmwright.tasks.train.pack import pack_shards, write_token_manifest
 from lmwright.tasks.train.token_dataset import (
@@ -177,16 +176,12 @@ def _tokenizer_input(params: TokenizeParams) -> list[str]:
 
 
 @stage_task(task_run_name="tokenize-train-tokenizer")
+@stage_step()
 def train_tokenizer(
     work: StageWork, corpus: DatasetRef, params: TokenizeParams, energy: EnergySettings | None = None
 ) -> dict[str, Any]:
     """Train a byte-level BPE on a deterministic corpus sample (or copy a given one) -> tokenizer.json."""
-    if work.done():
-        return json.loads(work.marker.read_text())
-    with track("tokenize", energy) as used:
-        info = _make_tokenizer(Path(work.out_dir), corpus, params)
-    info["energy"] = used.to_json()
-    write_json(work.marker, info)  # last: the step is done
+    info = _make_tokenizer(Path(work.out_dir), corpus, params)
     how = f"trained on {info['sample_bytes']:,} bytes" if "sample_bytes" in info else f"reused from {params.tokenizer_path}"
     get_run_logger().info("tokenizer %s: vocab %d", how, info["vocab_size"])
     return info
@@ -224,6 +219,7 @@ def _make_tokenizer(out: Path, corpus: DatasetRef, params: TokenizeParams) -> di
 
 
 @stage_task(task_run_name="tokenize-encode-{work.unit}")
+@stage_step()
 def encode_shard(
     work: StageWork,
     part: str,
@@ -233,13 +229,7 @@ def encode_shard(
     energy: EnergySettings | None = None,
 ) -> dict[str, Any]:
     """Encode one corpus shard: tokens + end-of-text per document, split by id hash, flat arrays."""
-    if work.done():
-        return json.loads(work.marker.read_text())
-    with track("tokenize", energy) as used:
-        stats = _encode(work, part, limit, tokenizer_path, params)
-    stats["energy"] = used.to_json()
-    write_json(work.marker, stats)  # last: this shard is done
-    return stats
+    return _encode(work, part, limit, tokenizer_path, params)
 
 
 def _encode(work: StageWork, part: str, limit: int | None, tokenizer_path: str, params: TokenizeParams) -> dict[str, Any]:
@@ -318,7 +308,7 @@ def pack_tokens(
     """
     out = Path(work.out_dir)
     if work.done():
-        return TokenDatasetRef(str(out), work.fingerprint)
+        return TokenDatasetRef.at(out)
     start = time.perf_counter()
     with track("tokenize", energy) as used:
         meta = pack_shards(out, params, tok_info, shards)
@@ -326,7 +316,7 @@ def pack_tokens(
     # energy of the whole stage: tokenizer, every shard's encoding, packing (not the validation after it)
     stats["energy"] = merge_energy([e for e in (tok_info.get("energy"), *(sh.get("energy") for sh in shards), used) if e])
     _finish_pack(work, corpus, params, shards, validation, stats, meta)
-    return TokenDatasetRef(str(out), work.fingerprint)
+    return TokenDatasetRef.at(out)
 
 
 def _pack_stats(
