@@ -167,7 +167,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="the CPU, tiny sizes: the same code paths, minutes not hours")
-    ap.add_argument("--steps", type=int, default=None, help="steps per ladder row (default 30; smoke 6)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per ladder row (default 45; smoke 6)")
     ap.add_argument("--batch", type=int, default=None, help="gpt2-124m sequences per step (default 32; smoke 4)")
     ap.add_argument("--check-steps", type=int, default=None, help="steps of the compiled-vs-eager check (default 50; smoke 4)")
     ap.add_argument("--tolerance", type=float, default=0.05, help="largest allowed |compiled - eager| training loss, nats")
@@ -178,7 +178,7 @@ def main() -> int:
     device = "cpu" if smoke else "cuda"
     if not smoke and not torch.cuda.is_available():
         raise SystemExit("no CUDA device (run with --smoke for the CPU)")
-    steps = args.steps or (6 if smoke else 30)
+    steps = args.steps or (6 if smoke else 45)
     batch = args.batch or (4 if smoke else 32)
     check_steps = args.check_steps or (4 if smoke else 50)
     tiny_steps = args.tiny_steps or (6 if smoke else 300)

@@ -1,38 +1,57 @@
-"""Benchmark: the tiny preset on tinyshakespeare, for a wall-clock budget, vs nanoGPT's CPU recipe.
+"""Benchmark: lmwright against nanoGPT's own code on tinyshakespeare, same machine, same run, same wall time.
 
-    flock /tmp/lmwright-bench.lock python benchmarks/tinyshakespeare.py [--seconds 130] [--threads 2]
-        [--set lr=4e-3 --set model.n_embd=256 --set vocab_size=2048 ...] [--run-nanogpt-recipe]
+    flock /tmp/lmwright-bench.lock python benchmarks/tinyshakespeare.py [--threads 2] [--json out.json]
+        [--variant 'name: key=value key=value' ...] [--peer-openmp-defaults]
 
-nanoGPT's split: train on the first 90% of input.txt, validate on the last 10%. Everything
-goes through the project's own code paths:
+1. The peer: karpathy/nanoGPT's own ``train.py`` (``../shared/peers/nanogpt``, MIT; run from there,
+   never copied into this repository) with its README's CPU recipe: ``config/train_shakespeare_char.py``
+   plus ``--device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64
+   --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
+   --dropout=0.0``. Its data is what its ``data/shakespeare_char/prepare.py`` writes (that script
+   downloads the text, so the same steps run here on the local copy: the characters of the whole
+   file as vocabulary, the first 90% as ``train.bin``, the last 10% as ``val.bin``, uint16, plus
+   ``meta.pkl``), into a temp dir passed as an absolute ``--dataset``; ``--out_dir`` is a temp dir
+   too and ``--always_save_checkpoint=True`` keeps the step-2000 weights (it changes what is saved,
+   not what is trained). Its time is its training loop's: from the line it prints before building
+   the model to its exit (imports and Python start-up are not counted).
+2. lmwright, given that time: ``models.tokenizer.train_bpe`` (byte-level BPE) on the train part
+   only, then ``tasks.train.loop.train`` with ``max_seconds`` = the peer's time. The cosine schedule
+   must end when the budget does: ``max_steps`` is planned from a short timed calibration on a
+   throwaway model (not counted) and re-planned at every validation from the throughput so far
+   (``Replan``), because on a shared machine the throughput moves during the run. Each
+   ``--variant`` trains again for the same time (the peer runs once).
+3. Both scored the same way: the final weights' mean next-token loss over non-overlapping blocks of
+   the whole val part (each model's own context: 64 characters for the peer, the preset's block for
+   lmwright); bits per byte = mean nats/token x val tokens / ln 2 / val UTF-8 bytes. The peer's
+   tokens are characters and tinyshakespeare is ASCII (1 character = 1 byte), so its bits/byte is
+   simply nats/char / ln 2. nanoGPT's own logged estimate (20 random val batches) is printed beside it.
+   The ratio is lmwright bits/byte / nanoGPT bits/byte (lower is better).
 
-1. tokenizer: ``tasks.train.tokenize.train_bpe`` (byte-level BPE) on the train part only;
-2. training:  ``tasks.train.loop.train`` with ``TrainParams.max_seconds`` as the budget. The cosine
-   schedule must end when the budget does: ``max_steps`` is first set from a short timed
-   calibration (a few steps on a throwaway model, not counted in the budget), then re-planned
-   at every validation from the throughput so far (``Replan``), because on a shared machine
-   the throughput moves during the run;
-3. scoring:   ``tasks.train.evaluate.heldout_loss`` of the final weights on the whole val part, in
-   non-overlapping blocks (the first token of each block is predicted with no context);
-   bits per byte = mean nats/token * val tokens / ln 2 / val UTF-8 bytes.
+The peer gets lmwright's CPU settings (``OMP_WAIT_POLICY=PASSIVE`` where unset,
+``tasks/core/cpu_threads.py``), so the race is between training code, not environments: on a loaded
+machine OpenMP's spinning default slows nanoGPT several times over (TRAINING.md).
+``--peer-openmp-defaults`` runs it in the environment as found instead. The load average is
+recorded before and after each run.
 
-MFU divides the achieved training FLOP/s (``GPT.flops_per_token`` * tokens/s) by a peak that
-is MEASURED here: the best of several large fp32 matmuls on the same number of threads. That
-is what the cores really sustain, not a datasheet number, so MFU reads as "share of what a
-matmul gets".
-
-``--run-nanogpt-recipe`` also trains a same-machine, same-run peer: nanoGPT's CPU recipe
-(char-level, 4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iterations, lr 1e-3 cosine
-to 1e-4, 100 warmup, beta2 0.99, dropout 0) but built from our GPT (rotary, SwiGLU, RMSNorm),
-so it is the recipe, not nanoGPT's exact model.
+MFU divides the achieved training FLOP/s (``GPT.flops_per_token`` x tokens/s) by a peak that is
+MEASURED here (``measure_peak_flops``: the best of several large fp32 matmuls on the same threads).
 """
 
 from __future__ import annotations
 
+import os
+
+USER_ENV = dict(os.environ)  # the peer's environment: before lmwright adds its CPU defaults
+
+import lmwright.tasks  # noqa: F401 - sets OMP_WAIT_POLICY before torch loads OpenMP
+from lmwright.tasks.core.cpu_threads import cpu_env
+
 import argparse
 import json
 import math
-import os
+import pickle
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,39 +61,36 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lmwright.models.checkpoint import load_checkpoint
+from lmwright.models.gpt import GPT
+from lmwright.models.tokenizer import SpecialTokens, train_bpe, vocab_size_of
+from lmwright.tasks.train.evaluate import EvalParams, heldout_loss
+from lmwright.tasks.train.loop import Batches, ModelSpec, TrainParams, batch_at, build_optimizer, train
+from lmwright.tasks.train.plan import measure_peak_flops
 
-from lmwright.models.checkpoint import load_checkpoint  # noqa: E402
-from lmwright.models.gpt import GPT  # noqa: E402
-from lmwright.tasks.train.evaluate import EvalParams, heldout_loss  # noqa: E402
-from lmwright.models.tokenizer import SpecialTokens, train_bpe, vocab_size_of  # noqa: E402
-from lmwright.tasks.train.loop import Batches, ModelSpec, TrainParams, batch_at, train  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+PEER = ROOT.parent / "shared" / "peers" / "nanogpt"
 LN2 = math.log(2)
+TARGET_RATIO = 0.80  # issue 17: lmwright bits/byte <= 0.80 x nanoGPT's at equal time
 
-# nanoGPT (karpathy/nanoGPT, config/train_shakespeare_char.py with the README's CPU overrides:
-# --device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12
-# --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0),
-# measured on this machine by the session that filed the issue (issue 3, "Benchmark").
-# tinyshakespeare is ASCII, so nats/char = nats/byte.
-NANOGPT_REFERENCE = {
-    "name": "nanoGPT CPU recipe (reference, issue 3)",
-    "val_loss_nats_per_char": 1.8857,
-    "seconds": 130.0,
-    "steps": 2000,
-    "tokens_per_step": 12 * 64,
-}
-NANOGPT_REFERENCE["val_bpb"] = NANOGPT_REFERENCE["val_loss_nats_per_char"] / LN2  # 2.72
-TARGET_BPB = 2.31
+# nanoGPT's README CPU recipe on top of config/train_shakespeare_char.py.
+PEER_RECIPE = [
+    "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12",
+    "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0",
+]
 
 # What the benchmark trains: the tiny preset with the settings tuned for this budget
 # (benchmarks/TRAINING.md lists what was tried). --set key=value changes any of them;
 # keys are TrainParams fields, model.<GPTConfig field>, or vocab_size (the tokenizer's).
+# Muon at batch 16 was the best measured against the peer (2.383 vs AdamW at batch 32, the tiny
+# preset's own optimizer and batch, 2.548, and Muon at batch 32: 2.427 or 8: 2.466).
 SETTINGS: dict[str, Any] = {
     "vocab_size": 1024,
-    "batch_size": 32,
-    "lr": 6e-3,
+    "batch_size": 16,
+    "optimizer": "muon",
+    "muon_lr": 0.02,
+    "lr": 6e-3,  # AdamW's, for the embedding and the norm gains
     "min_lr": 6e-4,
     "warmup_steps": 30,
     "weight_decay": 0.1,
@@ -93,19 +109,6 @@ def split_text(path: Path) -> tuple[str, str]:
     return text[:n], text[n:]
 
 
-def measure_peak_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 FLOP/s of an n x n matmul on `threads` threads: the peak MFU is measured against."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm up the BLAS
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
 def seconds_per_step(params: TrainParams, batches: Batches, vocab_size: int, steps: int = 4) -> float:
     """Fastest of a few full training steps (forward, backward, clip, AdamW) on a throwaway model.
 
@@ -113,7 +116,7 @@ def seconds_per_step(params: TrainParams, batches: Batches, vocab_size: int, ste
     and ``Replan`` corrects the step count during the run anyway."""
     torch.manual_seed(params.seed)
     model = GPT(params.model.build(vocab_size))
-    opt = torch.optim.AdamW(model.param_groups(params.weight_decay), lr=params.lr, betas=(params.beta1, params.beta2))
+    opt = build_optimizer(model, params, "cpu")
     block = model.config.block_size
     times = []
     for step in range(steps + 1):
@@ -255,33 +258,111 @@ def ours(train_text: str, val_text: str, settings: dict[str, Any], seconds: floa
     return out
 
 
-def nanogpt_recipe(train_text: str, val_text: str, threads: int, peak: float) -> dict[str, Any]:
-    chars = sorted(set(train_text + val_text))  # nanoGPT's prepare.py: the whole file's characters
+def peer_data(text: str, out: Path) -> Path:
+    """What nanoGPT's data/shakespeare_char/prepare.py writes, from the local text: its dataset directory."""
+    chars = sorted(set(text))  # the whole file's characters
     stoi = {c: i for i, c in enumerate(chars)}
-    train_ids = np.array([stoi[c] for c in train_text], dtype=np.uint16)
-    val_ids = np.array([stoi[c] for c in val_text], dtype=np.uint16)
-    params = TrainParams(
-        model=ModelSpec(
-            preset="tiny", overrides={"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0}
-        ),
-        batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=2000, beta2=0.99, weight_decay=0.1,
-        grad_clip=1.0, eval_interval=250, eval_batches=20, patience=None, checkpoint_interval=10**9,
-        device="cpu", threads=threads,
-    )
-    return run_training("nanoGPT recipe, our GPT (char)", train_ids, val_ids, len(val_text.encode()), len(chars), params, peak)
+    n = len(text)
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    out.mkdir(parents=True)
+    ids[: int(n * 0.9)].tofile(out / "train.bin")
+    ids[int(n * 0.9) :].tofile(out / "val.bin")
+    with open(out / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    return out
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = "| run | val bits/byte | val loss (nats/token) | bytes/token | steps | train s | tokens/s | bytes/s | MFU | params |"
-    lines = [head, "|" + "---|" * 10]
+@torch.no_grad()
+def peer_val_loss(checkpoint: Path, val_ids: np.ndarray, batch_size: int = 16) -> float:
+    """nanoGPT's checkpoint, with its own model.py, scored like ours: mean loss over non-overlapping full blocks."""
+    sys.path.insert(0, str(PEER))
+    try:
+        from model import GPT as PeerGPT, GPTConfig as PeerConfig  # nanoGPT's model.py
+    finally:
+        sys.path.remove(str(PEER))
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own run's file
+    model = PeerGPT(PeerConfig(**ckpt["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    model.eval()
+    T = model.config.block_size
+    starts = list(range(0, len(val_ids) - T - 1 + 1, T))
+    total = 0.0
+    for i in range(0, len(starts), batch_size):
+        idx = starts[i : i + batch_size]
+        x = torch.from_numpy(np.stack([val_ids[j : j + T] for j in idx]).astype(np.int64))
+        y = torch.from_numpy(np.stack([val_ids[j + 1 : j + 1 + T] for j in idx]).astype(np.int64))
+        _, loss = model(x, y)  # mean over the batch's B*T targets
+        total += float(loss) * len(idx)
+    return total / len(starts)
+
+
+def peer(text: str, val_text: str, tmp: Path, openmp_defaults: bool) -> dict[str, Any]:
+    """Run nanoGPT's train.py from its own directory; its loop's seconds, its final weights' full val loss."""
+    dataset = peer_data(text, tmp / "shakespeare_char")
+    out_dir = tmp / "nanogpt-out"
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *PEER_RECIPE,
+           f"--dataset={dataset}", f"--out_dir={out_dir}", "--always_save_checkpoint=True"]
+    env = {**USER_ENV, "PYTHONDONTWRITEBYTECODE": "1"}
+    if not openmp_defaults:
+        env.update(cpu_env(USER_ENV))  # lmwright's CPU settings, where the user set none
+    load = os.getloadavg()
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=PEER, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[tuple[float, str]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append((time.perf_counter(), line.rstrip("\n")))
+    proc.wait()
+    ended = time.perf_counter()
+    log = "\n".join(line for _, line in lines)
+    if proc.returncode != 0:
+        raise SystemExit(f"nanoGPT exited with {proc.returncode}:\n{log[-4000:]}")
+    loop_start = next(t for t, line in lines if line.startswith("Initializing a new model"))
+    evals = re.findall(r"step (\d+): train loss ([0-9.]+), val loss ([0-9.]+)", log)
+    iters = [int(m) for m in re.findall(r"^iter (\d+):", log, flags=re.M)]
+    val_ids = np.fromfile(dataset / "val.bin", dtype=np.uint16)
+    loss = peer_val_loss(out_dir / "ckpt.pt", val_ids)
+    seconds = ended - loop_start
+    steps = iters[-1] + 1 if iters else 0
+    tok_per_s = steps * 12 * 64 / seconds
+    return {
+        "name": "nanoGPT train.py, README CPU recipe (char)",
+        "val_loss": loss,
+        "val_bpb": loss * len(val_ids) / LN2 / len(val_text.encode()),  # = loss / ln 2: ASCII, 1 char = 1 byte
+        "logged_val_loss": float(evals[-1][2]),
+        "logged_val_bpb": float(evals[-1][2]) / LN2,
+        "logged_at_step": int(evals[-1][0]),
+        "bytes_per_token": 1.0,
+        "steps": steps,
+        "train_seconds": seconds,
+        "process_seconds": ended - started,
+        "tokens_per_s": tok_per_s,
+        "bytes_per_s": tok_per_s,
+        "load_start": load,
+        "load_end": os.getloadavg(),
+        "omp_wait_policy": env.get("OMP_WAIT_POLICY", "(unset: libgomp default)"),
+        "command": " ".join(cmd[1:]),
+        "log_tail": log[-1500:],
+    }
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """'name: key=value key=value' -> (name, settings)."""
+    name, _, rest = text.partition(":")
+    return name.strip(), parse_sets(rest.split())
+
+
+def table(rows: list[dict[str, Any]], peer_bpb: float) -> str:
+    head = "| run | val bits/byte | ratio to nanoGPT | val loss (nats/token) | bytes/token | steps | train s | tokens/s | bytes/s | MFU | load at start |"
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         def f(key: str, fmt: str) -> str:
             return format(r[key], fmt) if r.get(key) is not None else "-"
         lines.append(
-            f"| {r['name']} | {r['val_bpb']:.3f} | {f('val_loss', '.4f')} | {f('bytes_per_token', '.2f')} | "
-            f"{f('steps', 'd')} | {f('train_seconds', '.0f')} | {f('tokens_per_s', ',.0f')} | {f('bytes_per_s', ',.0f')} | "
-            f"{format(r['mfu'], '.1%') if r.get('mfu') is not None else '-'} | "
-            f"{format(r['params'], ',') if r.get('params') else '-'} |"
+            f"| {r['name']} | {r['val_bpb']:.3f} | {r['val_bpb'] / peer_bpb:.3f} | {f('val_loss', '.4f')} | "
+            f"{f('bytes_per_token', '.2f')} | {f('steps', 'd')} | {f('train_seconds', '.0f')} | {f('tokens_per_s', ',.0f')} | "
+            f"{f('bytes_per_s', ',.0f')} | {format(r['mfu'], '.1%') if r.get('mfu') is not None else '-'} | "
+            f"{r['load_start'][0]:.1f} |"
         )
     return "\n".join(lines)
 
@@ -289,53 +370,71 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--seconds", type=float, default=130.0, help="wall-clock training budget (TrainParams.max_seconds)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the reference used 2 cores)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a setting (see SETTINGS)")
-    ap.add_argument("--run-nanogpt-recipe", action="store_true", help="also train the char-level recipe as a same-run peer")
+    ap.add_argument("--threads", type=int, default=2, help="lmwright's torch threads (nanoGPT takes torch's default: the cores)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a setting of the main run (see SETTINGS)")
+    ap.add_argument("--variant", action="append", default=[], metavar="'NAME: KEY=VALUE ...'",
+                    help="also train this variant of SETTINGS for the same time (repeatable)")
+    ap.add_argument("--peer-openmp-defaults", action="store_true",
+                    help="run the peer in the environment as found (OpenMP's spinning default) instead of lmwright's CPU settings")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="skip the peer and train for this many seconds (quick screens: no ratio)")
     ap.add_argument("--json", type=Path, help="write the results here too")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()
+    text = args.data.read_text(encoding="utf-8")
     train_text, val_text = split_text(args.data)
-    peak = measure_peak_flops(args.threads)
+    peak = measure_peak_flops("cpu", args.threads)
     print(f"data: {args.data} train {len(train_text.encode()):,} B, val {len(val_text.encode()):,} B")
-    print(f"threads: {args.threads}; measured fp32 matmul peak (2048^3, best of 5): {peak / 1e9:.1f} GFLOP/s")
-    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    print(f"threads: {args.threads}; measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    peer_policy = USER_ENV.get("OMP_WAIT_POLICY", "(unset)") if args.peer_openmp_defaults else cpu_env(USER_ENV)["OMP_WAIT_POLICY"]
+    print(f"OMP_WAIT_POLICY: peer {peer_policy}, "
+          f"lmwright {os.environ.get('OMP_WAIT_POLICY')}", flush=True)
 
-    settings = {**SETTINGS, **parse_sets(args.set)}
-    rows = [ours(train_text, val_text, settings, args.seconds, args.threads, peak)]
-    if args.run_nanogpt_recipe:
-        rows.append(nanogpt_recipe(train_text, val_text, args.threads, peak))
-    ref = NANOGPT_REFERENCE
-    rows.append({
-        "name": ref["name"], "val_bpb": ref["val_bpb"], "val_loss": ref["val_loss_nats_per_char"], "bytes_per_token": 1.0,
-        "steps": ref["steps"], "train_seconds": ref["seconds"],
-        "tokens_per_s": ref["steps"] * ref["tokens_per_step"] / ref["seconds"],
-        "bytes_per_s": ref["steps"] * ref["tokens_per_step"] / ref["seconds"],
-    })
-    load_end = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="lmwright-nanogpt-") as tmp:
+        if args.seconds is None:
+            print(f"load average before the peer: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+            ref = peer(text, val_text, Path(tmp), args.peer_openmp_defaults)
+            print(f"peer: {ref['steps']} iterations in {ref['train_seconds']:.1f} s (process {ref['process_seconds']:.1f} s); "
+                  f"val {ref['val_bpb']:.4f} bits/byte on all of val (its own 20-batch estimate: {ref['logged_val_bpb']:.4f})", flush=True)
+        else:
+            ref = None
+    seconds = ref["train_seconds"] if ref else args.seconds
+    runs = [("lmwright", {**SETTINGS, **parse_sets(args.set)})]
+    runs += [(name, {**SETTINGS, **parse_sets(args.set), **sets}) for name, sets in map(parse_variant, args.variant)]
+    rows = []
+    for name, settings in runs:
+        load = os.getloadavg()
+        r = ours(train_text, val_text, settings, seconds, args.threads, peak)
+        r.update(name=name, load_start=load, load_end=os.getloadavg())
+        rows.append(r)
+        print(f"{name}: {r['val_bpb']:.4f} bits/byte, {r['steps']} steps in {r['train_seconds']:.1f} s, "
+              f"{r['tokens_per_s']:,.0f} tokens/s (load {load[0]:.2f} -> {r['load_end'][0]:.2f})", flush=True)
 
-    r = rows[0]
     print()
-    print(table(rows))
+    all_rows = rows + ([ref] if ref else [])
+    print(table(all_rows, ref["val_bpb"] if ref else float("nan")))
     print()
-    print(f"settings: {json.dumps(settings)}")
-    print(f"model: {json.dumps(r['config'])}")
-    print(
-        f"ours: {r['steps']}/{r['max_steps']} steps ({r['stopped']}), {r['train_seconds']:.1f} s in train() "
-        f"(+{r['calibration_seconds']:.1f} s calibration, {r['tokenizer_seconds']:.1f} s tokenizer, "
-        f"{r['eval_seconds']:.1f} s final eval), {r['tokens_seen']:,} tokens, {r['params']:,} params "
-        f"({r['params_non_embedding']:,} non-embedding), {r['flops_per_token'] / 1e6:.1f} MFLOP/token"
-    )
-    print(f"schedule: first plan {r['first_plan']} steps (calibrated {r['calibrated_seconds_per_step']:.3f} s/step), re-plans (at step, to steps): {r['replans']}")
-    print(f"val: {r['val_tokens']:,} tokens ({r['scored_tokens']:,} scored in full blocks), {r['bytes_per_token']:.3f} bytes/token")
-    verdict = "MET" if r["val_bpb"] <= TARGET_BPB and r["train_seconds"] <= args.seconds + 1 else "NOT met"
-    print(f"target <= {TARGET_BPB} bits/byte within {args.seconds:.0f} s: {verdict} ({r['val_bpb']:.4f})")
-    print(f"load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    for r in rows:
+        print(f"{r['name']}: settings {json.dumps(r['settings'])}")
+        print(f"  model: {json.dumps(r['config'])}")
+        print(
+            f"  {r['steps']}/{r['max_steps']} steps ({r['stopped']}), {r['train_seconds']:.1f} s in train() "
+            f"(+{r['calibration_seconds']:.1f} s calibration, {r['tokenizer_seconds']:.1f} s tokenizer, "
+            f"{r['eval_seconds']:.1f} s final eval), {r['tokens_seen']:,} tokens, {r['params']:,} params "
+            f"({r['params_non_embedding']:,} non-embedding), {r['flops_per_token'] / 1e6:.1f} MFLOP/token; "
+            f"first plan {r['first_plan']} steps, re-plans {r['replans']}"
+        )
+    if ref:
+        print(f"peer: {ref['command']} (cwd {PEER}; OMP_WAIT_POLICY {ref['omp_wait_policy']})")
+        print(f"peer: loop {ref['train_seconds']:.1f} s, process {ref['process_seconds']:.1f} s; load {ref['load_start'][0]:.2f} -> {ref['load_end'][0]:.2f}")
+        best = rows[0]
+        ratio = best["val_bpb"] / ref["val_bpb"]
+        verdict = "MET" if ratio <= TARGET_RATIO else "NOT met"
+        print(f"ratio lmwright / nanoGPT at equal time ({seconds:.0f} s): {best['val_bpb']:.4f} / {ref['val_bpb']:.4f} = "
+              f"{ratio:.3f}x; target <= {TARGET_RATIO:.2f}x: {verdict}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "load_start": load, "load_end": load_end, "peak_flops": peak}, indent=1, default=str))
+        args.json.write_text(json.dumps({"rows": rows, "peer": ref, "peak_flops": peak, "seconds": seconds}, indent=1, default=str))
 
 
 if __name__ == "__main__":
