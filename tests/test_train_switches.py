@@ -124,3 +124,11 @@ def test_muon_trains_and_resumes_from_its_checkpoint_exactly(tmp_path: Path) -> 
     steps(model, opt, 21, 3)
     steps(again, again_opt, 21, 3)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_the_training_log_states_throughput_and_mfu_the_same_way_on_every_device() -> None:
+    from lmwright.tasks.train.modeling import speed_text
+
+    assert speed_text(12_345.6, 0.4123, 8.9e13) == "  12,346 tokens/s in training steps  MFU 41.2% of 89 TFLOP/s measured"
+    assert speed_text(12_345.6, 0.4123) == "  12,346 tokens/s in training steps  MFU 41.2%"
+    assert speed_text(None, None) == ""  # the first validation: nothing trained yet
