@@ -24,7 +24,7 @@ from lmwright.tasks.train.carbon_window import CarbonWindow
 from lmwright.tasks.core.errors import UserError
 from lmwright.tasks.curate.ingest import IngestParams
 from lmwright.tasks.curate.langid import LangidParams
-from lmwright.tasks.curate.license import LicenseParams
+from lmwright.tasks.curate.license.policy import LicenseParams
 from lmwright.tasks.curate.normalize import NormalizeParams
 from lmwright.tasks.curate.pii import PiiParams
 from lmwright.tasks.curate.quality import QualityParams

@@ -16,7 +16,8 @@ from lmwright.tasks.core.dataset import DatasetRef
 from lmwright.tasks.curate.dedup.stage import run_dedup
 from lmwright.tasks.curate.ingest import run_ingest
 from lmwright.tasks.curate.langid import LANGID_STAGE
-from lmwright.tasks.curate.license import LICENSE_STAGE, resolve_optouts
+from lmwright.tasks.curate.license.optout import resolve_optouts
+from lmwright.tasks.curate.license.stage import LICENSE_STAGE
 from lmwright.tasks.curate.normalize import NORMALIZE_STAGE
 from lmwright.tasks.curate.pii import PII_STAGE, resolve_pii
 from lmwright.tasks.curate.quality import QUALITY_STAGE, resolve_quality

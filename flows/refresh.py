@@ -34,7 +34,8 @@ from lmwright.tasks.refresh.previous_dedup import REASON_ID, REASON_PREVIOUS, in
 from lmwright.tasks.refresh.settings import RefreshSettings
 from lmwright.tasks.refresh.versions import commit_version, dataset_entry, next_version, read_latest
 from lmwright.tasks.curate.sources import SourceInput
-from lmwright.tasks.curate.license import LicenseParams, resolve_optouts
+from lmwright.tasks.curate.license.optout import resolve_optouts
+from lmwright.tasks.curate.license.policy import LicenseParams
 from lmwright.tasks.core.results import PERSISTED_RESULTS
 from lmwright.tasks.train.token_dataset import TOKENIZER_FILE, TokenDatasetRef
 from lmwright.tasks.train.tokenize import TokenizeParams, run_tokenize

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from lmwright.tasks.curate.chunk import ChunkParams, chunk_documents
-from lmwright.tasks.curate.license import optout_matches
+from lmwright.tasks.curate.license.optout import optout_matches
 
 
 def paragraph(i: int, words: int = 30) -> str:

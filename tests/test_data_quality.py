@@ -174,7 +174,7 @@ def test_ingest_empty_uri_and_missing_provenance_fail():
 
 
 def test_license_outside_the_policy_or_withdrawn_fails_and_warns():
-    from lmwright.tasks.curate.license import LicenseParams
+    from lmwright.tasks.curate.license.policy import LicenseParams
 
     policy = LicenseParams(allow_unknown=False)
     validate_shard("license", docs(license=["CC-BY-4.0", "MIT", "MIT"]), NO_REJECTS, policy, ValidationSettings(), shard="p")

@@ -1,4 +1,4 @@
-"""License detection, the use policy and the opt-out registry (tasks/curate/license.py)."""
+"""License detection, the use policy and the opt-out registry (tasks/curate/license/)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ import polars as pl
 import pytest
 
 from lmwright.tasks.core.dataset import fingerprint, split_decisions
-from lmwright.tasks.curate.license import (
-    LICENSE_STAGE,
-    LicenseParams,
-    apply_license,
-    cc_markers,
-    content_hash,
-    license_from_record,
-    normalize_license,
-    parse_optout_line,
-    resolve_optouts,
-    url_from_record,
-)
+from lmwright.tasks.curate.license.optout import content_hash, parse_optout_line, resolve_optouts
+from lmwright.tasks.curate.license.policy import LicenseParams
+from lmwright.tasks.curate.license.spdx import cc_markers, license_from_record, normalize_license
+from lmwright.tasks.curate.license.stage import LICENSE_STAGE, apply_license
+from lmwright.tasks.curate.sources.fields import url_from_record
 
 CC_FILE = "web/cc_warc_2019_07_cclicensed_pages.jsonl"
 NO_REGISTRY = {"optout_paths": []}

@@ -167,7 +167,8 @@ def test_local_phone_counts_once_beside_other_phones():
 
 # --- identifiers: PII in id, url and uri is hashed under the workdir's key -----------------
 
-from lmwright.tasks.curate.license import LicenseParams, resolve_optouts  # noqa: E402
+from lmwright.tasks.curate.license.optout import resolve_optouts  # noqa: E402
+from lmwright.tasks.curate.license.policy import LicenseParams  # noqa: E402
 from lmwright.tasks.curate.pii import resolve_pii  # noqa: E402
 from lmwright.tasks.refresh.withdraw import apply_withdraw, consent_params  # noqa: E402
 

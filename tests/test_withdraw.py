@@ -10,7 +10,8 @@ import pytest
 
 from lmwright.flows.refresh import refresh
 from lmwright.tasks.core.dataset import DatasetRef
-from lmwright.tasks.curate.license import LicenseParams, content_hash, resolve_optouts
+from lmwright.tasks.curate.license.optout import content_hash, resolve_optouts
+from lmwright.tasks.curate.license.policy import LicenseParams
 from lmwright.tasks.refresh.versions import read_latest, version_parts
 from lmwright.tasks.refresh.withdraw import apply_withdraw, consent_params, models_containing, read_record, render_withdrawals_markdown
 from tests.test_refresh import SETTINGS, paragraphs, refresh_config, write_paragraphs

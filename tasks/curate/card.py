@@ -21,7 +21,7 @@ from lmwright.tasks.curate.bias.filter import BiasParams
 from lmwright.tasks.core.dataset import DatasetRef, atomic_write_text, fingerprint
 from lmwright.tasks.core.energy import energy_markdown, energy_table
 from lmwright.tasks.core.errors import UserError
-from lmwright.tasks.curate.license import LicenseParams, policy_summary, render_policy_markdown
+from lmwright.tasks.curate.license.policy import LicenseParams, policy_summary, render_policy_markdown
 from lmwright.tasks.curate.mixture import diversity, render_diversity_markdown
 from lmwright.tasks.curate.quality.report import language_report, render_language_markdown
 from lmwright.tasks.curate.retention import RejectedSettings, RetentionSettings, render_retention_markdown

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmwright.data_quality import ValidationSettings, validate_shard
 from lmwright.tasks.core.energy import EnergyRecord, EnergySettings
-from lmwright.tasks.curate.license import normalize_license
+from lmwright.tasks.curate.license.spdx import normalize_license
 from lmwright.tasks.core.dataset import DOC_SCHEMA, DatasetRef, ShardStats, shard_stats_path, text_bytes, write_json, write_shard
 from lmwright.tasks.curate.sources import (
     BUILTINS,

@@ -33,7 +33,8 @@ import polars as pl
 from lmwright.data_quality import ValidationSettings
 from lmwright.tasks.core.dataset import DatasetRef, write_parquet
 from lmwright.tasks.core.energy import EnergySettings
-from lmwright.tasks.curate.license import REASON_WITHDRAWN, LicenseParams, optout_matches, registry_of
+from lmwright.tasks.curate.license.optout import REASON_WITHDRAWN, optout_matches, registry_of
+from lmwright.tasks.curate.license.policy import LicenseParams
 from lmwright.tasks.refresh.mix import packed_docs
 from lmwright.tasks.refresh.versions import read_latest
 from lmwright.tasks.core.stage import ShardStage, run_shard_stage
@@ -52,7 +53,7 @@ WITHDRAWN_SCHEMA = {
 def consent_params(license: LicenseParams) -> LicenseParams:
     """Only the registry part of resolved license params: a policy change must not re-filter old versions."""
     if not license.resolved():
-        raise ValueError("resolve the opt-out registry first (tasks.curate.license.resolve_optouts)")
+        raise ValueError("resolve the opt-out registry first (tasks.curate.license.optout.resolve_optouts)")
     return LicenseParams(
         optout_paths=license.optout_paths,
         optout_url=license.optout_url,

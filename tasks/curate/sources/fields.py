@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from lmwright.tasks.curate.license import license_from_record, url_from_record
+from collections.abc import Mapping
+from typing import Any
+
+from lmwright.tasks.curate.license.spdx import license_from_record
 from lmwright.tasks.curate.sources.spec import Record, Rejected
 
 
@@ -26,6 +29,18 @@ def field_record(
         license=license_from_record(obj),
         url=url_from_record(obj),
     )
+
+
+def url_from_record(obj: Mapping[str, Any]) -> str | None:
+    """The page URL of a crawled record (top-level ``url`` or dolma's ``metadata.warc_url``/``url``)."""
+    candidates = [obj.get("url")]
+    meta = obj.get("metadata")
+    if isinstance(meta, Mapping):
+        candidates = [meta.get("warc_url"), obj.get("url"), meta.get("url")]
+    for c in candidates:
+        if isinstance(c, str) and c.strip():
+            return c.strip()
+    return None
 
 
 def _has_surrogates(text: str) -> bool:

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
-from lmwright.tasks.curate.license import normalize_license
+from lmwright.tasks.curate.license.spdx import normalize_license
 from lmwright.tasks.curate.sources.spec import BUILTIN_PYDOCS, BUILTIN_PYDOCS_PACKAGES, Record, Rejected, SourceFile, SourceSpec
 
 PYDOCS_GROUP_FILES = 200
