@@ -4,7 +4,7 @@ A refresh's new tokens plus a replay sample of earlier versions' tokens (against
 whole documents chosen by a hash of their id, in the same split they had, so no document is in
 both. Stage ``refresh_mix`` writes a token dataset like tokenize's (train.bin, val.bin,
 docs.parquet, meta.json with a ``mix`` section, manifest last) through the same writers
-(tasks/train/pack.py's ``write_ranges`` and ``write_token_manifest``).
+(tasks/train/pack.py's ``write_ranges`` and ``token_manifest``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -23,9 +24,9 @@ from lmwright.data_quality.tokens import mix_suite
 from lmwright.tasks.core.dataset import write_parquet
 from lmwright.tasks.core.files import atomic_copy, write_json
 from lmwright.tasks.core.hashing import unit_hash
-from lmwright.tasks.core.stage import StageWork, plan_stage, stage_task
+from lmwright.tasks.core.stage import StageWork, plan_stage, stage_step, stage_task
 from lmwright.tasks.refresh.settings import RefreshSettings
-from lmwright.tasks.train.pack import write_ranges, write_token_manifest
+from lmwright.tasks.train.pack import token_manifest, write_ranges
 from lmwright.tasks.train.token_dataset import DOCS_FILE, META_FILE, TOKENIZER_FILE, TokenDatasetRef, token_summary
 
 VERSION = "1"
@@ -55,7 +56,12 @@ def _sample(pool: pl.DataFrame, budget: int, salt: str) -> pl.DataFrame:
     return ranked.filter(before < budget).drop("_h")
 
 
+def mixed_tokens(work: StageWork) -> TokenDatasetRef:
+    return TokenDatasetRef.at(work.out_dir)
+
+
 @stage_task(task_run_name="refresh-mix")
+@stage_step(read=mixed_tokens, metered=False)
 def mix_tokens(
     work: StageWork,
     new: TokenDatasetRef,
@@ -63,11 +69,9 @@ def mix_tokens(
     params: MixParams,
     min_val: int,
     validation: ValidationSettings,
-) -> TokenDatasetRef:
-    """train.bin/val.bin = new tokens + a replay sample of old ones (whole documents, same split)."""
+) -> dict[str, Any]:
+    """train.bin/val.bin = new tokens + a replay sample of old ones (whole documents, same split); the manifest is the marker."""
     out = Path(work.out_dir)
-    if work.done():
-        return TokenDatasetRef.at(out)
     start = time.perf_counter()
     meta = new.meta()
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
@@ -124,14 +128,13 @@ def mix_tokens(
     validate_mix(out, validation)
     write_json(out / "stats.json", {"stage": MIX_STAGE, "fingerprint": work.fingerprint, **mix_info,
                                     "seconds": round(time.perf_counter() - start, 4)})
-    inputs = [{"path": r.path, "fingerprint": r.fingerprint} for r in [new, *old]]
-    write_token_manifest(out, MIX_STAGE, work.fingerprint, VERSION, params, inputs, mixed_meta)  # LAST
     get_run_logger().info(
         "mix: %d new + %d replay train tokens, %d new + %d replay val tokens",
         mix_info["new_tokens"]["train"], mix_info["replay_tokens"]["train"],
         mix_info["new_tokens"]["val"], mix_info["replay_tokens"]["val"],
     )
-    return TokenDatasetRef.at(out)
+    inputs = [{"path": r.path, "fingerprint": r.fingerprint} for r in [new, *old]]
+    return token_manifest(out, MIX_STAGE, work.fingerprint, VERSION, params, inputs, mixed_meta)
 
 
 def packed_docs(ref: TokenDatasetRef) -> pl.DataFrame:

@@ -199,11 +199,11 @@ def pack_shards(out: Path, params: TokenizeParams, tok_info: Mapping[str, Any], 
     return meta
 
 
-def write_token_manifest(
+def token_manifest(
     out: Path, stage: str, fingerprint: str, version: str, params: Any, inputs: list[dict[str, Any]], meta: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """manifest.json of a finished token dataset (tokenize's, the refresh mix's), returned: written LAST,
-    after its arrays, docs.parquet, tokenizer and meta.json, whose sizes and hashes it records."""
+    """manifest.json of a finished token dataset (tokenize's, the refresh mix's): the step's marker, written
+    LAST by stage_step, after its arrays, docs.parquet, tokenizer and meta.json, whose sizes and hashes it records."""
     files = {name: {"sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size} for name in TOKEN_FILES}
     manifest = {
         "stage": stage,
@@ -217,5 +217,4 @@ def write_token_manifest(
         "docs": meta["docs"],
         "files": files,
     }
-    write_json(out / "manifest.json", manifest)
     return manifest

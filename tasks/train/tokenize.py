@@ -42,12 +42,12 @@ from lmwright.models.tokenizer import (
     vocab_size_of,
 )
 from lmwright.tasks.core.dataset import DatasetRef, file_sha256, shard_name, write_parquet
-from lmwright.tasks.core.energy import EnergySettings, merge_energy, track
-from lmwright.tasks.core.files import atomic_path, point_latest, write_json
+from lmwright.tasks.core.energy import EnergyRecord, EnergySettings, merge_energy
+from lmwright.tasks.core.files import atomic_path, write_json
 from lmwright.tasks.core.hashing import unit_hash
-from lmwright.tasks.core.stage import StageWork, plan_stage, stage_step, stage_task
+from lmwright.tasks.core.stage import Made, StageWork, latest_as_stage, plan_stage, stage_step, stage_task
 from lmwright.tasks.curate.mixture import MixtureParams
-from lmwright.tasks.train.pack import pack_shards, write_token_manifest
+from lmwright.tasks.train.pack import pack_shards, token_manifest
 from lmwright.tasks.train.token_dataset import (
     DOC_INDEX_SCHEMA,
     SPLITS,
@@ -288,7 +288,21 @@ def _encode(work: StageWork, part: str, limit: int | None, tokenizer_path: str, 
     return stats
 
 
+def packed_tokens(work: StageWork) -> TokenDatasetRef:
+    """The packed dataset, the shard arrays it was packed from dropped: they duplicate train.bin/val.bin
+    (each shard's marker before its arrays, see the module doc; nothing is left to drop on a cached run)."""
+    out = Path(work.out_dir)
+    for docs in sorted((out / "shards").glob("*.docs.parquet")):
+        name = docs.name.removesuffix(".docs.parquet")
+        (out / "stats" / f"{name}.json").unlink(missing_ok=True)
+        for p in shard_paths(out, name).values():
+            p.unlink(missing_ok=True)
+    shutil.rmtree(out / "shards", ignore_errors=True)
+    return TokenDatasetRef.at(out)
+
+
 @stage_task(task_run_name="tokenize-pack")
+@stage_step(read=packed_tokens, latest=latest_as_stage)
 def pack_tokens(
     work: StageWork,
     corpus: DatasetRef,
@@ -297,8 +311,8 @@ def pack_tokens(
     shards: list[dict[str, Any]],
     validation: ValidationSettings,
     energy: EnergySettings | None = None,
-) -> TokenDatasetRef:
-    """Pack the shard arrays into train.bin/val.bin, validate, write meta + manifest.
+) -> Made:
+    """Pack the shard arrays into train.bin/val.bin, validate, write meta; the manifest is the marker.
 
     val.bin, and train.bin under the identity mixture, concatenate the shard arrays in
     manifest order. A weighted mixture plans repeats per train document
@@ -306,17 +320,16 @@ def pack_tokens(
     token ranges (``epoch_order``): epoch 0 every document kept, in pack order, epoch 1 those
     with two copies or more, and so on. Same corpus and config, same bytes.
     """
-    out = Path(work.out_dir)
-    if work.done():
-        return TokenDatasetRef.at(out)
     start = time.perf_counter()
-    with track("tokenize", energy) as used:
-        meta = pack_shards(out, params, tok_info, shards)
+    meta = pack_shards(Path(work.out_dir), params, tok_info, shards)
     stats = _pack_stats(work, corpus, tok_info, shards, meta, time.perf_counter() - start)
-    # energy of the whole stage: tokenizer, every shard's encoding, packing (not the validation after it)
-    stats["energy"] = merge_energy([e for e in (tok_info.get("energy"), *(sh.get("energy") for sh in shards), used) if e])
-    _finish_pack(work, corpus, params, shards, validation, stats, meta)
-    return TokenDatasetRef.at(out)
+
+    def manifest(used: EnergyRecord) -> dict[str, Any]:
+        # energy of the whole stage: tokenizer, every shard's encoding, packing (not the validation after it)
+        stats["energy"] = merge_energy([e for e in (tok_info.get("energy"), *(sh.get("energy") for sh in shards), used) if e])
+        return _finish_pack(work, corpus, params, validation, stats, meta)
+
+    return manifest
 
 
 def _pack_stats(
@@ -348,27 +361,17 @@ def _finish_pack(
     work: StageWork,
     corpus: DatasetRef,
     params: TokenizeParams,
-    shards: list[dict[str, Any]],
     validation: ValidationSettings,
     stats: dict[str, Any],
     meta: dict[str, Any],
-) -> None:
-    """stats.json, validation, manifest (last), then drop the shard intermediates."""
+) -> dict[str, Any]:
+    """stats.json and validation; returns the manifest (written last, by stage_step)."""
     out = Path(work.out_dir)
-    names = [sh["shard"] for sh in shards]
     write_json(out / "stats.json", stats)
     validate_token_dataset(out, corpus, params, validation)
 
     inputs = [{"stage": corpus.stage, "fingerprint": corpus.fingerprint, "path": corpus.path}]
-    manifest = write_token_manifest(out, STAGE, work.fingerprint, VERSION, params, inputs, meta)  # LAST: the dataset exists
-    point_latest(out, "tokenize")
-
-    # The shard arrays duplicate train.bin/val.bin: drop them (marker first, see module doc).
-    for n in names:
-        (out / "stats" / f"{n}.json").unlink(missing_ok=True)
-        for p in shard_paths(out, n).values():
-            p.unlink(missing_ok=True)
-    shutil.rmtree(out / "shards", ignore_errors=True)
+    manifest = token_manifest(out, STAGE, work.fingerprint, VERSION, params, inputs, meta)
     get_run_logger().info(
         "tokenize: %d docs -> %d train + %d val tokens (%s), %.2f / %.2f bytes per token",
         stats["docs"], meta["tokens"]["train"], meta["tokens"]["val"], meta["dtype"],
