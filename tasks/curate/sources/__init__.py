@@ -39,9 +39,6 @@ from lmwright.tasks.curate.sources.streams import open_binary, truncation_proble
 from lmwright.tasks.curate.sources.text import read_text
 from lmwright.tasks.curate.sources.warc import read_warc
 
-_pydocs_files = pydocs_files  # the name tasks/train/sft.py imports
-
-
 def read_records(
     file: SourceFile,
     max_doc_bytes: int,
