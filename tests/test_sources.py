@@ -334,3 +334,18 @@ def test_builtin_pydocs_does_not_change_when_a_package_is_installed(tmp_path: Pa
     assert packages_after[1] != packages_before[1]
     metadata_unit = next(f for f in list_source_files(SourceSpec(path="builtin:pydocs-packages"))[0] if f.path == "metadata:0")
     assert any("planted package" in r.text for r in read_records(metadata_unit, MAX, "file"))
+
+
+def test_truncated_csv_archive_keeps_every_complete_row_and_says_truncated_once(tmp_path: Path) -> None:
+    """A cut .csv.gz reads like a cut .jsonl.gz: every whole row kept, one ingest_truncated where the cut fell."""
+    import zlib
+
+    rows = b"text,id\n" + b"".join(f"row {i} {' '.join(str(i * j % 997) for j in range(60))},{i}\n".encode() for i in range(3000))
+    packed = gzip.compress(rows)
+    cut = packed[: len(packed) * 2 // 3]
+    whole = complete_lines_before_cut(cut, zlib.decompressobj(16 + zlib.MAX_WBITS))
+    p = tmp_path / "t.csv.gz"
+    p.write_bytes(cut)
+    records = read(p)
+    assert len([r for r in records if isinstance(r, Record)]) == whole - 1  # the header is no document
+    assert [(r.reason, r.position) for r in records if isinstance(r, Rejected)] == [("ingest_truncated", f"L{whole + 1}")]

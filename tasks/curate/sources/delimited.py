@@ -7,14 +7,7 @@ from typing import IO, Iterator
 
 from lmwright.tasks.curate.sources.fields import field_record
 from lmwright.tasks.curate.sources.spec import Record, Rejected, SourceFile
-from lmwright.tasks.curate.sources.streams import (
-    READ_ERRORS,
-    bounded_lines,
-    decode_utf8,
-    open_binary,
-    truncated_tail,
-    truncation_problem,
-)
+from lmwright.tasks.curate.sources.streams import READ_ERRORS, checked_lines, open_binary
 
 
 def read_csv(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Rejected]:
@@ -88,14 +81,12 @@ class _CsvLines:
     so a malformed one can be re-read, and turns undecodable, oversized or cut lines into rejections."""
 
     def __init__(self, f: IO[bytes], max_doc_bytes: int):
-        self._f = f
-        self._source = enumerate(bounded_lines(f, max_doc_bytes), start=1)
+        self._source = checked_lines(f, max_doc_bytes)
         self._replay: list[tuple[int, str]] = []
         self._row: list[tuple[int, str]] = []
         self.rejected: list[Rejected] = []
         self.line_no = 0
         self.consumed_any = False
-        self._ended = False
 
     def __iter__(self) -> "_CsvLines":
         return self
@@ -110,22 +101,11 @@ class _CsvLines:
             return text
 
     def _read(self) -> tuple[int, str]:
-        for no, (raw, size) in self._source:
+        for no, line in self._source:
             self.line_no, self.consumed_any = no, True
-            if size and not raw:
-                self.rejected.append(Rejected("ingest_doc_too_large", f"L{no}", f"line of {size} bytes > limit"))
-                continue
-            if not raw.endswith(b"\n") and (problem := truncation_problem(self._f)):
-                self.rejected.append(truncated_tail(no, problem, raw))
-                continue
-            text, problem = decode_utf8(raw)
-            if text is None:
-                self.rejected.append(Rejected("ingest_invalid_utf8", f"L{no}", problem, raw.decode("utf-8", "replace")))
-                continue
-            return no, text
-        if not self._ended and (problem := truncation_problem(self._f)):
-            self.rejected.append(truncated_tail(self.line_no + 1, problem, b""))
-        self._ended = True
+            if not isinstance(line, Rejected):
+                return no, line
+            self.rejected.append(line)
         raise StopIteration
 
     def start_row(self) -> None:

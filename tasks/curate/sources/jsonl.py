@@ -7,14 +7,7 @@ from typing import Iterator
 
 from lmwright.tasks.curate.sources.fields import field_record
 from lmwright.tasks.curate.sources.spec import Record, Rejected, SourceFile
-from lmwright.tasks.curate.sources.streams import (
-    READ_ERRORS,
-    bounded_lines,
-    decode_utf8,
-    open_binary,
-    truncated_tail,
-    truncation_problem,
-)
+from lmwright.tasks.curate.sources.streams import READ_ERRORS, checked_lines, open_binary
 
 
 def read_jsonl(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Rejected]:
@@ -22,21 +15,11 @@ def read_jsonl(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Reject
     line_no = 0
     try:
         with open_binary(file.path) as f:
-            for line_no, (line, size) in enumerate(bounded_lines(f, max_doc_bytes * 2), start=1):
-                pos = f"L{line_no}"
-                if size and not line:
-                    yield Rejected("ingest_doc_too_large", pos, f"line of {size} bytes > limit {max_doc_bytes * 2}")
-                    continue
-                if not line.endswith(b"\n") and (problem := truncation_problem(f)):
-                    # The cut fell inside this line: every line before it was whole and is kept.
-                    yield truncated_tail(line_no, problem, line)
-                    return
-                if not line.strip():
-                    continue
-                yield _json_record(line, pos, text_field, id_field, max_doc_bytes)
-            if problem := truncation_problem(f):
-                yield truncated_tail(line_no + 1, problem, b"")
-                return
+            for line_no, line in checked_lines(f, max_doc_bytes * 2):
+                if isinstance(line, Rejected):
+                    yield line
+                elif line.strip():
+                    yield _json_record(line, f"L{line_no}", text_field, id_field, max_doc_bytes)
     except READ_ERRORS as e:
         yield Rejected("ingest_truncated", f"L{line_no + 1}", f"stopped reading after line {line_no}: {type(e).__name__}: {e}")
         return
@@ -44,10 +27,7 @@ def read_jsonl(file: SourceFile, max_doc_bytes: int) -> Iterator[Record | Reject
         yield Rejected("ingest_empty_file", "L1", "file is empty")
 
 
-def _json_record(line: bytes, pos: str, text_field: str, id_field: str | None, max_doc_bytes: int) -> Record | Rejected:
-    raw, problem = decode_utf8(line)
-    if raw is None:
-        return Rejected("ingest_invalid_utf8", pos, problem, line.decode("utf-8", "replace"))
+def _json_record(raw: str, pos: str, text_field: str, id_field: str | None, max_doc_bytes: int) -> Record | Rejected:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:

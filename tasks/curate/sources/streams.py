@@ -188,3 +188,28 @@ def truncated_tail(line_no: int, problem: str, partial: bytes) -> Rejected:
     if partial:
         detail += f"; line {line_no} is incomplete ({len(partial)} bytes)"
     return Rejected("ingest_truncated", f"L{line_no}", detail, partial.decode("utf-8", "replace"))
+
+
+def checked_lines(f: IO[bytes], limit: int) -> Iterator[tuple[int, str | Rejected]]:
+    """(line number, text) for each whole line of a line-per-record file, or the line's rejection:
+    longer than ``limit`` (measured, never held whole), not UTF-8, or cut short with the file.
+
+    Every line yields exactly once, so the caller's last number is where reading stopped. A cut
+    inside a line ends the lines (every line before it was whole and is kept); a cut between
+    lines yields one more rejection, numbered after the last line.
+    """
+    line_no = 0
+    for line_no, (raw, size) in enumerate(bounded_lines(f, limit), start=1):
+        if size and not raw:
+            yield line_no, Rejected("ingest_doc_too_large", f"L{line_no}", f"line of {size} bytes > limit {limit}")
+            continue
+        if not raw.endswith(b"\n") and (problem := truncation_problem(f)):
+            yield line_no, truncated_tail(line_no, problem, raw)
+            return
+        text, problem = decode_utf8(raw)
+        if text is None:
+            yield line_no, Rejected("ingest_invalid_utf8", f"L{line_no}", problem, raw.decode("utf-8", "replace"))
+        else:
+            yield line_no, text
+    if problem := truncation_problem(f):
+        yield line_no + 1, truncated_tail(line_no + 1, problem, b"")
