@@ -349,3 +349,9 @@ def test_truncated_csv_archive_keeps_every_complete_row_and_says_truncated_once(
     records = read(p)
     assert len([r for r in records if isinstance(r, Record)]) == whole - 1  # the header is no document
     assert [(r.reason, r.position) for r in records if isinstance(r, Rejected)] == [("ingest_truncated", f"L{whole + 1}")]
+
+
+def test_csv_cut_before_its_first_line_is_truncated_not_empty(tmp_path: Path) -> None:
+    p = tmp_path / "t.csv.gz"
+    p.write_bytes(gzip.compress(b"text,id\n" + b"short,1\n" * 100)[:12])  # the gzip header and no data
+    assert reasons(read(p)) == ["ingest_truncated"]
