@@ -255,6 +255,25 @@ def label_of(pid: int, parent: int) -> str:
     return cmd[:60]
 
 
+def sample_tree_memory(
+    pids: dict[int, int], main: int, stage: str, per_stage: dict[str, int], per_proc: dict[str, int]
+) -> tuple[int, int, int]:
+    """One memory sample of a process tree: raises the main process's peak for ``stage`` and each
+    other process's peak under its label; returns (main RSS, tree RSS, tree PSS) in bytes."""
+    main_rss = tree_rss = tree_pss = 0
+    for p, parent in pids.items():
+        rss, pss = mem(p)
+        tree_rss += rss
+        tree_pss += pss
+        if p == main:
+            main_rss = rss
+            per_stage[stage] = max(per_stage.get(stage, 0), rss)
+        elif rss:
+            name = label_of(p, parent)
+            per_proc[name] = max(per_proc.get(name, 0), rss)
+    return main_rss, tree_rss, tree_pss
+
+
 def current_stage(workdir: Path) -> str:
     for stage in FLOW_STAGES:
         if not list((workdir / "datasets" / stage).glob("*/manifest.json")):
@@ -286,17 +305,8 @@ def run_flow(label: str, source: Path, base: Path, shard_docs: int, interval: fl
     while status is None:
         pids = tree(proc.pid)
         stage = current_stage(workdir)
-        tot_rss = tot_pss = 0
-        for p, parent in pids.items():
-            rss, pss = mem(p)
-            tot_rss += rss
-            tot_pss += pss
-            if p == proc.pid:
-                peak_main = max(peak_main, rss)
-                per_stage[stage] = max(per_stage.get(stage, 0), rss)
-            elif rss:
-                name = label_of(p, parent)
-                per_proc[name] = max(per_proc.get(name, 0), rss)
+        main_rss, tot_rss, tot_pss = sample_tree_memory(pids, proc.pid, stage, per_stage, per_proc)
+        peak_main = max(peak_main, main_rss)
         peak_tree_rss, peak_tree_pss = max(peak_tree_rss, tot_rss), max(peak_tree_pss, tot_pss)
         samples += 1
         wpid, wstatus, rusage = os.wait4(proc.pid, os.WNOHANG)
