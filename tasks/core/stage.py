@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import itertools
 import json
 import time
 from contextlib import nullcontext
@@ -270,7 +271,7 @@ def text_slices(docs: pl.DataFrame, max_bytes: int = SLICE_BYTES) -> list[pl.Dat
         return [docs]
     ends = (docs["text"].str.len_bytes().fill_null(0).cum_sum() // max_bytes).to_numpy()
     cuts = [0] + [int(i) + 1 for i in (ends[1:] != ends[:-1]).nonzero()[0]] + [docs.height]
-    return [docs.slice(a, b - a) for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [docs.slice(a, b - a) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def apply_in_slices(stage: ShardStage, docs: pl.DataFrame, params: Any, max_bytes: int = SLICE_BYTES) -> pl.DataFrame:
