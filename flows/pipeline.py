@@ -59,7 +59,7 @@ def pipeline(
         sources: Paths, directories, fsspec URLs or builtin:pydocs (a string is a path); empty: the preset's.
     """
     config = resolve_config(PipelineConfig, config, preset, workdir, sources)
-    # The data stages run where the config says (threads, Dask, Ray); training has its own launcher.
+    # The data stages run where the config says (threads or Dask: runner.kind); training has its own launcher.
     curated = curate.with_options(task_runner=build_task_runner(config.runner))(config)
     if until == "curate":
         return PipelineResult(corpus=curated.corpus, card=curated.card)
