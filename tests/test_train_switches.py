@@ -86,6 +86,7 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(shared_data: Path, tmp_path: Path)
                                      "vocab_multiple": 1, "compile": False}
     assert ladder[-1]["switches"]["compile"] is True and ladder[-1]["switches"]["dtype"] == "bfloat16"
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in ladder)
+    assert report["failures"] == []
     assert report["compiled_vs_eager"]["max_abs_diff"] <= 0.05
     assert any("scaled_dot_product" in op for op in report["attention"]["aten_ops"])
     assert report["tiny"]["val_last"] < report["tiny"]["val_first"]
