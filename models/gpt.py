@@ -71,6 +71,33 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # --------------------------------------------------------------------------- attention
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs) + causal mask) v for (B, nh, T, hs) tensors.
+
+    SDPA (flash / memory-efficient kernels) everywhere but under bf16 autocast on the CPU. There
+    SDPA's CPU flash kernel runs at fp32 speed or slower (forward and backward of a 4-head,
+    128-token block: 25.6 ms in bf16 against 12.1 ms in fp32), while two bf16 matmuls around an
+    fp32 softmax take 7.5 ms (benchmarks/TRAINING.md). Same function; the scores are rounded to
+    bf16 as SDPA's bf16 kernels round them."""
+    if q.device.type != "cpu" or not _cpu_bf16_autocast():
+        # flash / memory-efficient kernels where available; scale is 1/sqrt(hs) by default
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    B, nh, T, hs = q.shape
+    with torch.autocast(device_type="cpu", enabled=False):
+        q, k, v = (t.to(torch.bfloat16).reshape(B * nh, T, hs) for t in (q, k, v))
+        causal = torch.full((T, T), float("-inf"), dtype=torch.bfloat16, device=q.device).triu_(1)
+        # scale and mask inside the matmul (one rounding to bf16), the softmax upcast inside its kernel
+        scores = torch.baddbmm(causal.expand(B * nh, T, T), q, k.mT, alpha=hs**-0.5)  # (B*nh, T, T)
+        weights = scores.softmax(dim=-1, dtype=torch.float32)
+        if dropout_p:
+            weights = F.dropout(weights, dropout_p)
+        return (weights.to(torch.bfloat16) @ v).view(B, nh, T, hs)
+
+
+def _cpu_bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 class Attention(nn.Module):
     """Causal self-attention with rotary positions and optional grouped-query heads."""
 
@@ -98,6 +125,7 @@ class Attention(nn.Module):
         v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # as HF Llama: under bf16 autocast the rotation runs in bf16
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.n_kv_head != self.n_head:
             # each kv head serves n_head // n_kv_head query heads, in consecutive blocks
@@ -105,10 +133,7 @@ class Attention(nn.Module):
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)  # (B, nh, T, hs)
             v = v.repeat_interleave(rep, dim=1)  # (B, nh, T, hs)
-        # flash / memory-efficient kernels where available; scale is 1/sqrt(hs) by default
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # (B, T, nh*hs)
         return self.resid_dropout(self.o(y))  # (B, T, C)
 

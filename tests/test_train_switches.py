@@ -133,3 +133,56 @@ def test_the_training_log_states_throughput_and_mfu_the_same_way_on_every_device
     assert speed_text(12_345.6, 0.4123, 8.9e13) == "  12,346 tokens/s in training steps  MFU 41.2% of 89 TFLOP/s measured"
     assert speed_text(12_345.6, 0.4123) == "  12,346 tokens/s in training steps  MFU 41.2%"
     assert speed_text(None, None) == ""  # the first validation: nothing trained yet
+
+
+def test_cpu_bf16_attention_computes_causal_sdpa_without_its_slow_cpu_kernel() -> None:
+    """Under bf16 autocast on the CPU, SDPA's flash kernel is slower than in fp32: attention there is two bf16
+    matmuls around an fp32 softmax. It must be the same causal function, with gradients, and not call SDPA."""
+    from torch.nn import functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    from lmwright.models.gpt import causal_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=gen, requires_grad=True) for _ in range(3))
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.autocast("cpu", dtype=torch.bfloat16):
+        got = causal_attention(q, k, v, 0.0)
+    got_grads = torch.autograd.grad(got.float().square().sum(), (q, k, v))
+    assert got.dtype == torch.bfloat16
+    assert not [e.key for e in prof.key_averages() if "scaled_dot_product" in e.key]
+    torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)  # bf16 rounding, nothing more
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=0.1, rtol=0.05)
+    later = v.detach().clone()
+    later[:, :, 9:] += 1.0  # the future changes; positions 0..8 must not see it
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(causal_attention(q, k, later, 0.0)[:, :, :9], got.detach()[:, :, :9])
+        dropped = causal_attention(q, k, v, 0.5)
+    assert dropped.shape == got.shape and not torch.equal(dropped, got.detach())
+
+
+@pytest.mark.parametrize("dtype, iterates_in", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_muon_iterates_in_the_precision_the_model_trains_in(dtype: str, iterates_in: torch.dtype) -> None:
+    """bf16 matmuls are 2-4x fp32's on CPUs with bf16 instructions: a bf16 run's Newton-Schulz iterations use them."""
+    opt = build_optimizer(GPT(TINY.build(23)), params(optimizer="muon", dtype=dtype), "cpu")
+    assert opt.ns_dtype == iterates_in
+    g = torch.randn(4, 48, 16, generator=torch.Generator().manual_seed(1))
+    singular = torch.linalg.svdvals(orthogonalize(g, dtype=iterates_in).float())
+    assert singular.min() > 0.6 and singular.max() < 1.25
+
+
+def test_muon_matrices_take_the_runs_weight_decay_at_muons_rate() -> None:
+    """weight_decay is on matrices under either optimizer; a Muon matrix shrinks by muon_lr * weight_decay a step."""
+    p = params(optimizer="muon", lr=1e-3, muon_lr=0.04, weight_decay=0.5)
+    model = GPT(TINY.build(23))
+    opt = build_optimizer(model, p, "cpu")
+    before = {name: t.detach().clone() for name, t in model.named_parameters()}
+    for t in model.parameters():
+        t.grad = torch.zeros_like(t)  # no gradient: only the decay moves a weight
+    opt.step()
+    after = dict(model.named_parameters())
+    torch.testing.assert_close(after["blocks.0.attn.q.weight"], before["blocks.0.attn.q.weight"] * (1 - 0.04 * 0.5))
+    torch.testing.assert_close(after["tok_emb.weight"], before["tok_emb.weight"] * (1 - 1e-3 * 0.5))  # AdamW's rate
+    assert torch.equal(after["norm.weight"], before["norm.weight"])  # gains never decay

@@ -99,11 +99,13 @@ def build_optimizer(model: GPT, params: TrainParams, device: str) -> torch.optim
         hidden = {id(p) for p in model.blocks.parameters() if p.dim() == 2}
         decay, no_decay = (g["params"] for g in model.param_groups(params.weight_decay))
         groups = [
-            {"params": [p for p in decay if id(p) in hidden], "muon": True},
+            {"params": [p for p in decay if id(p) in hidden], "muon": True, "weight_decay": params.weight_decay},
             {"params": [p for p in decay if id(p) not in hidden], "weight_decay": params.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return MuonAdamW(groups, lr=params.lr, betas=betas, lr_scale=params.muon_lr / params.lr)
+        return MuonAdamW(
+            groups, lr=params.lr, betas=betas, lr_scale=params.muon_lr / params.lr, ns_dtype=_matmul_dtype(params, device)
+        )
     fused = params.fused_adamw if params.fused_adamw is not None else on_cuda(params, device)
     return torch.optim.AdamW(model.param_groups(params.weight_decay), lr=params.lr, betas=betas, fused=fused)
 
@@ -231,7 +233,7 @@ def train(
     if last.exists():  # a killed or retried attempt: continue where its last checkpoint left off
         state = {"validated_step": -1, **load_checkpoint(last, model, optimizer)["train"]}
         _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
-    ctx = _autocast(params, device)
+    ctx = autocast_for(params, device)
     if world > 1:  # dropout streams differ per rank (a single process keeps its restored RNG: exact resume)
         torch.manual_seed(params.seed + 7919 * rank + state["step"])
     # compiled: the forward including the loss (one graph), so the logits' float copy is fused away
@@ -377,7 +379,8 @@ def _matmul_dtype(params: TrainParams, device: str) -> torch.dtype:
     return torch.bfloat16 if _bf16(params, device) else torch.float32
 
 
-def _autocast(params: TrainParams, device: str) -> Any:
+def autocast_for(params: TrainParams, device: str) -> Any:
+    """The context a training step's forward runs in: bf16 autocast (CUDA's default, ``dtype: bfloat16``), else a no-op."""
     kind = device.split(":")[0]  # a DDP rank trains on "cuda:<local rank>"; autocast wants the device type
     if _bf16(params, device):
         return torch.autocast(device_type=kind, dtype=torch.bfloat16)

@@ -5,11 +5,15 @@ Scalable for LLM Training"): SGD with Nesterov momentum whose update for each 2-
 by the nearest semi-orthogonal matrix, computed with five Newton-Schulz iterations. Every direction
 of the update then moves by the same amount, so rare directions learn as fast as common ones: at
 equal steps it reaches a lower loss than AdamW. Embeddings, the output layer and the norm gains are
-not hidden matrices and keep AdamW, as in modded-nanogpt.
+not hidden matrices and keep AdamW, as in modded-nanogpt. Weight decay is decoupled for both, each
+at its own rate (as ``torch.optim.Muon`` does): a Muon matrix shrinks by ``muon_lr * weight_decay``
+a step. On tinyshakespeare, where a 2-core budget buys ~6 epochs, it is worth 0.03-0.04 bits/byte
+(benchmarks/TRAINING.md).
 
 One ``torch.optim.Optimizer`` (not two) so a checkpoint holds one state dict and resuming is exact.
-torch's own ``torch.optim.Muon`` takes only 2-D parameters and runs its iterations in bf16, which is
-slow on a CPU; here they run in fp32 on the CPU and bf16 on CUDA.
+torch's own ``torch.optim.Muon`` takes only 2-D parameters and always runs its iterations in bf16,
+which is slow on a CPU without bf16 matmul instructions; here they run in the precision the model's
+matmuls train in (bf16 on CUDA and under ``dtype: bfloat16`` on the CPU, else fp32).
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import torch
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately U V^T of each matrix g = U S V^T (singular values pushed towards 1), by Newton-Schulz iterations.
 
-    g: (rows, cols) or a stack (n, rows, cols) of same-shaped matrices, done in one batched matmul each step."""
+    g: (rows, cols) or a stack (n, rows, cols) of same-shaped matrices, done in one batched matmul each step.
+    dtype: the iterations' precision; None: bf16 on CUDA, fp32 elsewhere."""
     a, b, c = NS_COEFFICIENTS
-    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT  # iterate on the wide orientation: X X^T is the smaller Gram matrix
@@ -46,8 +51,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __init__(
         self, groups: Iterable[dict[str, Any]], lr: float, betas: tuple[float, float], momentum: float = 0.95,
-        lr_scale: float = 1.0, eps: float = 1e-8, ns_steps: int = 5,
+        lr_scale: float = 1.0, eps: float = 1e-8, ns_steps: int = 5, ns_dtype: torch.dtype | None = None,
     ):
+        self.ns_dtype = ns_dtype
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0, momentum=momentum, lr_scale=lr_scale,
                         ns_steps=ns_steps, muon=False)
         super().__init__(list(groups), defaults)
@@ -70,7 +76,7 @@ class MuonAdamW(torch.optim.Optimizer):
             buf.lerp_(p.grad, 1 - group["momentum"])
             by_shape.setdefault(p.shape, []).append((p, p.grad.lerp(buf, group["momentum"])))  # Nesterov
         for shape, pairs in by_shape.items():  # every layer's q (or k, up, ...) at once: small matmuls batched
-            updates = orthogonalize(torch.stack([u for _, u in pairs]), group["ns_steps"])
+            updates = orthogonalize(torch.stack([u for _, u in pairs]), group["ns_steps"], self.ns_dtype)
             updates *= max(1.0, shape[0] / shape[1]) ** 0.5  # tall matrices: the same RMS step as wide ones
             for (p, _), update in zip(pairs, updates):
                 if group["weight_decay"]:

@@ -53,7 +53,9 @@ class TrainParams(BaseModel):
         gt=0,
         description="Wall-clock guard, not a budget: set it well above the expected time. A run it cuts short says so and keeps its best.",
     )
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, on matrices only (regularization).")
+    weight_decay: float = Field(
+        0.1, ge=0, description="Decoupled weight decay on matrices only (regularization); under Muon its matrices decay at muon_lr."
+    )
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null: no clipping.")
@@ -64,7 +66,10 @@ class TrainParams(BaseModel):
     checkpoint_interval: int = Field(100, ge=1, description="Steps between resumable checkpoints (at most this much work is lost to a kill).")
     seed: int = Field(1337, description="Seed of initialization, batches and dropout.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when available, else CPU.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA, fp32 on CPU. bfloat16 on a CPU with bf16 instructions (AVX512-BF16, AMX): ~1.8x the steps.",
+    )
     compile: bool | None = Field(
         None, description="torch.compile the model and its loss; null: on CUDA, off on the CPU (compiling costs a minute there)."
     )
