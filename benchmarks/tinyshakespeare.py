@@ -84,9 +84,10 @@ PEER_RECIPE = [
 # What the benchmark trains: the tiny preset with the settings tuned for this budget
 # (benchmarks/TRAINING.md lists what was tried, each against the same time). --set key=value
 # changes any of them; keys are TrainParams fields, model.<GPTConfig field>, or vocab_size (the
-# tokenizer's). bf16 autocast uses the CPU's bf16 units (1.6x the steps of fp32 here); the budget
-# buys ~6 epochs of the text, so the Muon matrices' weight decay (0.5 at lr 0.04) is the largest
-# recipe gain (2.17 -> 2.11 bits/byte), with the decay to 0 and batch 32.
+# tokenizer's). bf16 autocast uses the CPU's bf16 units (a step 1.75x faster than fp32 here:
+# benchmarks/cpu_step.py); the budget buys ~6 epochs of the text, so the Muon matrices' weight
+# decay (0.5 at lr 0.04) is the largest recipe gain (2.175 -> 2.109 bits/byte), with the decay to 0
+# and batch 32.
 SETTINGS: dict[str, Any] = {
     "vocab_size": 1024,
     "dtype": "bfloat16",

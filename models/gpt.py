@@ -74,12 +74,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs) + causal mask) v for (B, nh, T, hs) tensors.
 
-    SDPA (flash / memory-efficient kernels) everywhere but under bf16 autocast on the CPU. There
-    SDPA's CPU flash kernel runs at fp32 speed or slower (forward and backward of a 4-head,
-    128-token block: 25.6 ms in bf16 against 12.1 ms in fp32), while two bf16 matmuls around an
-    fp32 softmax take 7.5 ms (benchmarks/TRAINING.md). Same function; the scores are rounded to
-    bf16 as SDPA's bf16 kernels round them."""
-    if q.device.type != "cpu" or not _cpu_bf16_autocast():
+    SDPA (flash / memory-efficient kernels) everywhere but under bf16 autocast on the CPU, where
+    SDPA's CPU flash kernel runs slower than in fp32 (`python benchmarks/cpu_step.py` times both).
+    There it is one bf16 baddbmm (scale and causal mask inside the matmul), a softmax that upcasts
+    to fp32 inside its kernel, and a bf16 matmul. Same function; the scores are rounded to bf16
+    once, which SDPA's CPU kernel does not do: outputs differ from fp32 attention by up to ~2e-2
+    (SDPA under bf16 autocast: ~7e-3), gradients alike."""
+    if not _cpu_bf16(q):
         # flash / memory-efficient kernels where available; scale is 1/sqrt(hs) by default
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     B, nh, T, hs = q.shape
@@ -94,8 +95,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
         return (weights.to(torch.bfloat16) @ v).view(B, nh, T, hs)
 
 
-def _cpu_bf16_autocast() -> bool:
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+def _cpu_bf16(t: torch.Tensor) -> bool:
+    """t is on the CPU inside bf16 autocast: the case where attention and rotary take their bf16 paths."""
+    return t.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 class Attention(nn.Module):
@@ -125,7 +127,8 @@ class Attention(nn.Module):
         v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # as HF Llama: under bf16 autocast the rotation runs in bf16
+        if _cpu_bf16(q):  # rotate in bf16 (q, k are bf16 there); elsewhere in fp32, as HF Llama does under autocast
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.n_kv_head != self.n_head:
             # each kv head serves n_head // n_kv_head query heads, in consecutive blocks

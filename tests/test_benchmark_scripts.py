@@ -40,3 +40,5 @@ def test_cpu_step_times_every_change(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert [r["change"] for r in report["rows"]][0] == "fp32 (CPU default)" and len(report["rows"]) == 4
     assert all(r["ms_per_step"] > 0 for r in report["rows"]) and report["rows"][0]["speedup"] == 1.0
+    assert set(report["attention_ms"]) == {"sdpa_fp32", "sdpa_bf16_autocast", "causal_attention_bf16"}
+    assert set(report["newton_schulz_ms"]) == {"float32", "bfloat16"}

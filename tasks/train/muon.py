@@ -7,8 +7,8 @@ of the update then moves by the same amount, so rare directions learn as fast as
 equal steps it reaches a lower loss than AdamW. Embeddings, the output layer and the norm gains are
 not hidden matrices and keep AdamW, as in modded-nanogpt. Weight decay is decoupled for both, each
 at its own rate (as ``torch.optim.Muon`` does): a Muon matrix shrinks by ``muon_lr * weight_decay``
-a step. On tinyshakespeare, where a 2-core budget buys ~6 epochs, it is worth 0.03-0.04 bits/byte
-(benchmarks/TRAINING.md).
+a step. On tinyshakespeare, where a 2-core budget buys ~6 epochs, 0.5 took the benchmark from
+2.175 bits/byte without decay to 2.109 (benchmarks/TRAINING.md).
 
 One ``torch.optim.Optimizer`` (not two) so a checkpoint holds one state dict and resuming is exact.
 torch's own ``torch.optim.Muon`` takes only 2-D parameters and always runs its iterations in bf16,

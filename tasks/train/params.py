@@ -68,7 +68,7 @@ class TrainParams(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when available, else CPU.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
-        description="auto: bf16 autocast on CUDA, fp32 on CPU. bfloat16 on a CPU with bf16 instructions (AVX512-BF16, AMX): ~1.8x the steps.",
+        description="auto: bf16 autocast on CUDA, fp32 on CPU. bfloat16 on a CPU with bf16 instructions (AVX512-BF16, AMX): ~1.75x the steps.",
     )
     compile: bool | None = Field(
         None, description="torch.compile the model and its loss; null: on CUDA, off on the CPU (compiling costs a minute there)."
