@@ -82,7 +82,9 @@ def test_meta_that_does_not_add_up_to_new_plus_replay_fails(mixed: Path, tmp_pat
     assert "expect_first_column_to_equal_sum_of_others (columns ['tokens_meta', 'new_tokens', 'replay_tokens']" in failure(bad)
 
 
-def test_a_document_in_the_mix_twice_fails_and_warns_under_severity_warn(mixed: Path, tmp_path: Path) -> None:
+def test_a_document_in_the_mix_twice_fails_and_warns_under_severity_warn(
+    mixed: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     bad = corrupted(mixed, tmp_path)
     docs = pl.read_parquet(bad / "docs.parquet")
     first_train = docs.filter(pl.col("split") == "train").head(1)
@@ -91,13 +93,7 @@ def test_a_document_in_the_mix_twice_fails_and_warns_under_severity_warn(mixed: 
     ).drop("_r").write_parquet(bad / "docs.parquet")  # the last (val) document renamed after a train one
     assert "column 'ids_in_both_splits'" in failure(bad)
 
-    seen: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("lmwright.data_quality")
-    logger.addHandler(handler)
-    try:
+    with caplog.at_level(logging.WARNING, logger="lmwright.data_quality"):
         validate_mix(bad, ValidationSettings(stage_severity={"refresh_mix": "warn"}))
-    finally:
-        logger.removeHandler(handler)
+    seen = [r.getMessage() for r in caplog.records]
     assert any("data quality warning: stage 'refresh_mix'" in m and "in both splits" in m for m in seen)

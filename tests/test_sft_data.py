@@ -76,17 +76,11 @@ def test_token_id_beyond_the_vocabulary_fails(encoded) -> None:
     assert "expect_column_pair_values_a_to_be_greater_than_b (columns ['vocab_size', 'max_id']" in failure(tok, bad, mask)
 
 
-def test_severity_warn_logs_instead_of_failing(encoded) -> None:
+def test_severity_warn_logs_instead_of_failing(encoded, caplog: pytest.LogCaptureFixture) -> None:
     tok, ids, mask = encoded
-    seen: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("lmwright.data_quality")
-    logger.addHandler(handler)
-    try:
+    with caplog.at_level(logging.WARNING, logger="lmwright.data_quality"):
         check(tok, ids, np.roll(mask, -1, axis=1), severity="warn")
-    finally:
-        logger.removeHandler(handler)
+    seen = [r.getMessage() for r in caplog.records]
     assert any("data quality warning: stage 'sft'" in m and "masked_prompt_tokens" in m for m in seen)
 
 
